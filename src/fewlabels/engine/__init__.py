@@ -1,0 +1,1 @@
+"""The training engine on Lightning Fabric."""

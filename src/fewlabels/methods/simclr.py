@@ -1,0 +1,72 @@
+"""SimCLR: contrast two augmented views of every image against the rest of the batch.
+
+Chen, Kornblith, Norouzi, Hinton, "A Simple Framework for Contrastive Learning of Visual
+Representations", ICML 2020. Backbone -> 2-layer projection head -> NT-Xent over the 2N views
+of the global batch (negatives gathered across devices).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from fewlabels.augment.recipes import SimCLRViews
+from fewlabels.losses.contrastive import nt_xent_loss
+from fewlabels.methods.base import Batch, DataInfo, Method, StepInfo, TrainingRecipe
+from fewlabels.methods.registry import METHODS
+from fewlabels.models.heads import ProjectionHead
+
+
+def _option(default, help_text: str):  # noqa: ANN001, ANN202
+    return field(default=default, metadata={"help": help_text})
+
+
+@dataclass
+class SimCLRConfig:
+    temperature: float = _option(0.2, "NT-Xent temperature tau")
+    projection_dim: int = _option(128, "output size of the projection head")
+    projection_hidden_dim: int = _option(512, "hidden size of the 2-layer projection head")
+    crop_scale_min: float = _option(0.2, "smallest crop area, as a fraction of the image")
+    jitter_strength: float = _option(0.5, "colour jitter strength s (SimCLR appendix A)")
+    grayscale_probability: float = _option(0.2, "probability of converting a view to gray")
+    blur_probability: float = _option(0.0, "probability of Gaussian blur (0 for small images)")
+
+
+@METHODS.register("simclr", "SimCLR: NT-Xent contrast of two views (Chen et al. 2020)")
+class SimCLR(Method):
+    """SimCLR with a 2-layer projection head and NT-Xent across all devices."""
+
+    name = "simclr"
+    Config = SimCLRConfig
+    recipe = TrainingRecipe(
+        optimizer="lars", learning_rate=0.3, weight_decay=1e-6, batch_size=512,
+        warmup_epochs=1.0, epochs=100,
+    )
+
+    def __init__(self, backbone: nn.Module, config: SimCLRConfig, data: DataInfo) -> None:
+        super().__init__(backbone, config, data)
+        self.projection = ProjectionHead(
+            backbone.feature_dim, config.projection_hidden_dim, config.projection_dim
+        )
+        self.views = SimCLRViews(
+            image_size=data.image_size,
+            mean=data.mean,
+            std=data.std,
+            crop_scale=(config.crop_scale_min, 1.0),
+            jitter_strength=config.jitter_strength,
+            grayscale_p=config.grayscale_probability,
+            blur_p=config.blur_probability,
+        )
+
+    def make_views(self, batch: Batch, generator: torch.Generator) -> list[torch.Tensor]:
+        return self.views(batch.unlabeled, generator)
+
+    def training_loss(self, inputs: list[torch.Tensor], step: StepInfo) -> dict[str, torch.Tensor]:
+        view1, view2 = inputs
+        n = view1.shape[0]
+        # One pass over both views: BatchNorm statistics over 2N, better use of the CPU.
+        projections = self.projection(self.backbone(torch.cat([view1, view2])))
+        loss = nt_xent_loss(projections[:n], projections[n:], self.config.temperature)
+        return {"loss": loss}

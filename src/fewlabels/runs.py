@@ -1,0 +1,82 @@
+"""A run's description, and rebuilding its method and backbone from it.
+
+A run spec is a plain dict stored in every checkpoint:
+``{"method": name, "method_config": {...}, "backbone": {...}, "data": {...}}``, enough to
+rebuild the model without the command line that made it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fewlabels.data.imageset import ImageSet
+from fewlabels.engine.checkpoint import load_checkpoint
+from fewlabels.errors import UserError
+from fewlabels.methods import METHODS, DataInfo, Method
+from fewlabels.models import build_backbone
+
+
+def data_info(images: ImageSet, num_classes: int = 0) -> DataInfo:
+    """Shape and normalisation statistics of the training images."""
+    mean, std = images.channel_mean_std()
+    height, width = images.image_size
+    if height != width:
+        raise UserError(f"images must be square, got {height}x{width}; resize them first")
+    return DataInfo(images.channels, height, tuple(mean), tuple(std), num_classes)
+
+
+def backbone_spec(name: str, width: int | None, depth: int | None, **options: Any) -> dict:
+    return {"name": name, "width": width, "depth": depth,
+            "options": {k: v for k, v in options.items() if v is not None}}
+
+
+def make_backbone(spec: dict[str, Any], data: DataInfo) -> nn.Module:
+    return build_backbone(
+        spec["name"], in_channels=data.channels, image_size=data.image_size,
+        width=spec.get("width"), depth=spec.get("depth"), **spec.get("options", {}),
+    )
+
+
+def method_config(method_name: str, overrides: dict[str, Any]) -> Any:
+    """The method's config dataclass with the given fields overridden (``None`` = default)."""
+    config_class = METHODS.get(method_name).Config
+    known = {field.name for field in dataclasses.fields(config_class)}
+    return config_class(**{k: v for k, v in overrides.items() if k in known and v is not None})
+
+
+def build_method(run_spec: dict[str, Any]) -> Method:
+    """The method of a run spec, freshly initialised."""
+    data = DataInfo(**{k: tuple(v) if isinstance(v, list) else v
+                       for k, v in run_spec["data"]["info"].items()})
+    method_class = METHODS.get(run_spec["method"])
+    config = method_class.Config(**run_spec["method_config"])
+    return method_class(make_backbone(run_spec["backbone"], data), config, data)
+
+
+def load_pretrained(run_dir: Path | str) -> tuple[nn.Module, dict[str, Any], DataInfo]:
+    """The trained backbone of a run (eval mode), its checkpoint and its data description."""
+    checkpoint = load_checkpoint(run_dir)
+    spec = checkpoint["run"]
+    try:
+        method = build_method(spec)
+        method.load_state_dict(checkpoint["model"])
+    except (KeyError, RuntimeError, TypeError) as error:
+        raise UserError(f"the checkpoint in {run_dir} does not match its method and backbone "
+                        f"({type(error).__name__}); it was made by another version") from error
+    return method.backbone.eval(), checkpoint, method.data
+
+
+def describe(checkpoint: dict[str, Any]) -> str:
+    spec = checkpoint["run"]
+    backbone = spec["backbone"]
+    return (f"{spec['method']} on {spec['data']['spec']}, backbone {backbone['name']}, "
+            f"step {checkpoint['step']}/{checkpoint['total_steps']}")
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
