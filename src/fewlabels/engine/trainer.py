@@ -204,7 +204,9 @@ def train(
     # rate does not depend on the total), then fix the schedule so it ends with the budget.
     probe_steps = 0 if total_steps is not None else max(3, min(10, warmup_steps))
     provisional_total = 10**9
-    learning_rates = schedule_for(total_steps if total_steps else provisional_total)
+    # While probing, the warm-up's own values (or the peak, for a warm-up shorter than the probe).
+    learning_rates = (schedule_for(total_steps) if total_steps else
+                      [learning_rate * min(1.0, s / max(1, warmup_steps)) for s in range(probe_steps)])
 
     log = MetricsLog(run_dir, enabled=fabric.is_global_zero, tensorboard=config.tensorboard)
     if fabric.is_global_zero and checkpoint is None:

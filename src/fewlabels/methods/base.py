@@ -88,6 +88,11 @@ class Method(nn.Module):
         """The loss to minimise under key ``"loss"``, and any other numbers to log."""
         raise NotImplementedError
 
+    def forward(self, inputs: Any, step: StepInfo) -> dict[str, torch.Tensor]:
+        """The engine calls the method through ``forward`` so that DDP and mixed precision
+        wrap the loss computation."""
+        return self.training_loss(inputs, step)
+
     def after_optimizer_step(self, step: StepInfo) -> None:
         """Called after every optimiser step (momentum teachers update here)."""
 

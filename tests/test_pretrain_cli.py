@@ -1,0 +1,94 @@
+"""End-to-end pretraining through the CLI: a small run, exact resume, interruption, NaN stop."""
+
+import json
+
+import pytest
+import torch
+
+from fewlabels.cli import main
+from fewlabels.engine.checkpoint import load_checkpoint
+
+DATA = ["--data", "fashion-mnist-sample", "--max-images", "192", "--batch-size", "32"]
+SMALL = [*DATA, "--width", "4", "--depth", "2", "--no-progress", "--projection-hidden-dim", "16",
+         "--projection-dim", "8"]
+
+
+def pretrain(out, *extra):
+    return main(["pretrain", "--out", str(out), *SMALL, *extra])
+
+
+def test_small_run_writes_checkpoint_metrics_and_run_description(tmp_path, capsys):
+    assert pretrain(tmp_path / "run", "--epochs", "1") == 0
+    checkpoint = load_checkpoint(tmp_path / "run")
+    assert checkpoint["finished"] and checkpoint["step"] == checkpoint["total_steps"] == 6
+    assert checkpoint["run"]["method"] == "simclr"
+    assert checkpoint["run"]["method_config"]["projection_dim"] == 8
+    records = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert losses and all(loss > 0 for loss in losses)
+    assert any(p.name.startswith("events") for p in (tmp_path / "run/tensorboard").iterdir())
+    assert json.loads((tmp_path / "run/run.json").read_text())["train"]["batch_size"] == 32
+    assert "finished: step 6/6" in capsys.readouterr().out
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    assert pretrain(tmp_path / "whole", "--epochs", "2") == 0
+    assert pretrain(tmp_path / "split", "--epochs", "2", "--stop-after-steps", "5") == 130
+    interrupted = load_checkpoint(tmp_path / "split")
+    assert interrupted["step"] == 5 and not interrupted["finished"]
+    assert main(["pretrain", "--out", str(tmp_path / "split"), "--resume", "--no-progress"]) == 0
+    whole, resumed = load_checkpoint(tmp_path / "whole"), load_checkpoint(tmp_path / "split")
+    assert resumed["step"] == whole["step"] == 12
+    for name, value in whole["model"].items():
+        assert torch.equal(value, resumed["model"][name]), name
+    for group_whole, group_resumed in zip(whole["optimizer"]["state"].values(),
+                                          resumed["optimizer"]["state"].values(), strict=True):
+        assert torch.equal(group_whole["momentum_buffer"], group_resumed["momentum_buffer"])
+
+
+def test_budget_minutes_fits_the_schedule_and_stops(tmp_path):
+    assert pretrain(tmp_path / "run", "--budget-minutes", "0.05") == 0
+    checkpoint = load_checkpoint(tmp_path / "run")
+    assert checkpoint["elapsed_seconds"] < 3 + 0.05 * 60
+    assert checkpoint["step"] >= 3
+
+
+def test_nan_loss_stops_with_a_clear_message(tmp_path, capsys):
+    assert pretrain(tmp_path / "run", "--epochs", "1", "--lr", "1e30", "--optimizer", "sgd") == 2
+    error = capsys.readouterr().err
+    assert "the loss became" in error and "lower --lr" in error
+    assert error.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--method", "nope"], "unknown method 'nope'; choose one of: simclr"),
+        (["--backbone", "nope"], "unknown backbone 'nope'; choose one of:"),
+        (["--data", "nope"], "unknown dataset"),
+        (["--data", "folder:/no/such/folder"], "no such file or directory"),
+        (["--epochs", "0"], "out of range"),
+        (["--lr", "-1"], "out of range"),
+        (["--width", "x"], "not a valid int"),
+        (["--batch-size", "100000"], "smaller --batch-size"),
+    ],
+)
+def test_bad_input_is_one_line_and_status_2(tmp_path, capsys, arguments, message):
+    status = main(["pretrain", "--out", str(tmp_path / "run"), "--epochs", "1", *DATA,
+                   *arguments])
+    error = capsys.readouterr().err
+    assert status == 2, error
+    assert message in error
+    assert error.startswith("fewlabels: error:") and error.count("\n") == 1
+
+
+def test_resume_refuses_another_method_or_a_finished_run(tmp_path, capsys):
+    assert pretrain(tmp_path / "run", "--epochs", "1") == 0
+    capsys.readouterr()
+    assert main(["pretrain", "--out", str(tmp_path / "run"), "--resume",
+                 "--backbone", "resnet"]) == 2
+    assert "holds a backbone 'convnet' run" in capsys.readouterr().err
+    assert main(["pretrain", "--out", str(tmp_path / "run"), "--resume"]) == 2
+    assert "has finished" in capsys.readouterr().err
+    assert pretrain(tmp_path / "run", "--epochs", "1") == 2  # would overwrite: refused
+    assert "already holds a run" in capsys.readouterr().err
