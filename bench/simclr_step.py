@@ -62,14 +62,14 @@ def main() -> None:
     optimizer = build_optimizer("lars", method, 0.3 * args.batch_size / 256, 1e-6)
     generator = torch.Generator()
 
-    def views(step: int) -> list[torch.Tensor]:
+    def views(step: int) -> torch.Tensor:
         generator.manual_seed(step)
         batch = Batch(unlabeled=images.images[torch.randint(len(images), (args.batch_size,))])
         with torch.no_grad():
             out = method.make_views(batch, generator)
-        return [v.contiguous(memory_format=torch.channels_last) for v in out]
+        return out.contiguous(memory_format=torch.channels_last)
 
-    def learn(inputs: list[torch.Tensor], step: int) -> None:
+    def learn(inputs: torch.Tensor, step: int) -> None:
         loss = method(inputs, StepInfo(step, 0, args.steps, generator))["loss"]
         loss.backward()
         optimizer.step()

@@ -111,7 +111,7 @@ def run_pretrain(args: Any) -> TrainResult:
               f"{fabric.world_size} device(s) {fabric.device}, into {out}")
     result = train(method, images.images, config, run_spec, fabric)
     if fabric.is_global_zero:
-        state = "finished" if result.finished else "stopped at the time budget"
+        state = "finished" if result.step >= result.total_steps else "stopped at the time budget"
         print(f"{state}: step {result.step}/{result.total_steps}, "
               f"{result.elapsed_seconds / 60:.1f} min, {result.images_per_second:.0f} images/s, "
               f"augmentation {100 * result.augment_fraction:.0f}% of step time, "

@@ -67,7 +67,7 @@ class TrainConfig:
 class TrainResult:
     step: int
     total_steps: int
-    finished: bool
+    finished: bool  # the schedule's last step was taken, or the time budget is spent
     elapsed_seconds: float
     images_per_second: float
     augment_fraction: float
@@ -309,7 +309,9 @@ def train(
                 raise TrainingInterrupted(step, run_dir)
             if out_of_time:
                 break
-    finished = state["total"] is not None and step >= state["total"]
+    out_of_time = budget_seconds is not None and state["elapsed"] >= budget_seconds
+    completed = state["total"] is not None and step >= state["total"]
+    finished = completed or out_of_time  # a spent budget ends the run as well
     save(finished=finished)
     bar.close()
     total_time = time.perf_counter() - started

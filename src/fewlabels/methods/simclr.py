@@ -60,13 +60,11 @@ class SimCLR(Method):
             blur_p=config.blur_probability,
         )
 
-    def make_views(self, batch: Batch, generator: torch.Generator) -> list[torch.Tensor]:
-        return self.views(batch.unlabeled, generator)
+    def make_views(self, batch: Batch, generator: torch.Generator) -> torch.Tensor:
+        return self.views.all_views(batch.unlabeled, generator)  # [2N, C, S, S]: view 1, view 2
 
-    def training_loss(self, inputs: list[torch.Tensor], step: StepInfo) -> dict[str, torch.Tensor]:
-        view1, view2 = inputs
-        n = view1.shape[0]
+    def training_loss(self, inputs: torch.Tensor, step: StepInfo) -> dict[str, torch.Tensor]:
         # One pass over both views: BatchNorm statistics over 2N, better use of the CPU.
-        projections = self.projection(self.backbone(torch.cat([view1, view2])))
-        loss = nt_xent_loss(projections[:n], projections[n:], self.config.temperature)
-        return {"loss": loss}
+        projections = self.projection(self.backbone(inputs))  # [2N, projection_dim]
+        first, second = projections.chunk(2)
+        return {"loss": nt_xent_loss(first, second, self.config.temperature)}
