@@ -92,3 +92,32 @@ def test_resume_refuses_another_method_or_a_finished_run(tmp_path, capsys):
     assert "has finished" in capsys.readouterr().err
     assert pretrain(tmp_path / "run", "--epochs", "1") == 2  # would overwrite: refused
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_sigterm_saves_a_checkpoint_that_resume_continues(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "fewlabels.cli", "pretrain", "--out", str(out), *SMALL,
+               "--epochs", "200"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (
+            not metrics.exists() or len(metrics.read_text().splitlines()) < 2):
+        time.sleep(0.2)  # wait until training has logged a few steps
+    process.send_signal(signal.SIGTERM)
+    _, error = process.communicate(timeout=120)
+    assert process.returncode == 130, error.decode()
+    assert b"continue with --resume" in error and b"Traceback" not in error
+    stopped = load_checkpoint(out)
+    assert 10 <= stopped["step"] < stopped["total_steps"] and not stopped["finished"]
+    # resume for a few more steps: it starts from the saved step
+    assert main(["pretrain", "--out", str(out), "--resume", "--no-progress",
+                 "--stop-after-steps", str(stopped["step"] + 2)]) == 130
+    assert load_checkpoint(out)["step"] == stopped["step"] + 2

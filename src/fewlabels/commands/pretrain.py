@@ -13,7 +13,8 @@ from fewlabels.cli import DEFAULT_BACKBONE, DEFAULT_DATA, DEFAULT_METHOD
 from fewlabels.data import load_dataset
 from fewlabels.data.imageset import ImageSet
 from fewlabels.engine.checkpoint import checkpoint_path, load_checkpoint
-from fewlabels.engine.trainer import TrainConfig, TrainResult, make_fabric, train
+from fewlabels.engine.run_control import make_fabric
+from fewlabels.engine.trainer import RESUMABLE_SETTINGS, TrainConfig, TrainResult, train
 from fewlabels.errors import UserError
 from fewlabels.methods import METHODS
 from fewlabels.runs import backbone_spec, build_method, data_info, method_config
@@ -85,10 +86,7 @@ def run_pretrain(args: Any) -> TrainResult:
             "data": {**data_spec, "info": info.__dict__ | {"mean": list(info.mean),
                                                             "std": list(info.std)}},
         }
-    kept = {k: v for k, v in train_values.items()
-            if k not in ("run_dir", "resume", "devices", "accelerator", "num_nodes",
-                         "precision", "progress", "stop_after_steps", "budget_minutes",
-                         "checkpoint_minutes")}
+    kept = {k: v for k, v in train_values.items() if k not in RESUMABLE_SETTINGS}
     config = TrainConfig(
         run_dir=out, resume=args.resume, devices=args.devices, accelerator=args.accelerator,
         num_nodes=args.num_nodes, precision=args.precision, progress=not args.no_progress,
@@ -97,7 +95,7 @@ def run_pretrain(args: Any) -> TrainResult:
         else train_values.get("budget_minutes"),
         stop_after_steps=args.stop_after_steps, **kept,
     )
-    fabric = make_fabric(config)
+    fabric = make_fabric(config.accelerator, config.devices, config.num_nodes, config.precision)
     torch.manual_seed(config.seed)  # the same initial weights on every device
     method = build_method(run_spec)
     if fabric.is_global_zero:

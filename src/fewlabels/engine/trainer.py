@@ -11,26 +11,36 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lightning_fabric import Fabric
 from torch import nn
 
 import fewlabels
-from fewlabels.engine.checkpoint import atomic_torch_save, checkpoint_path, load_checkpoint
+from fewlabels.engine.checkpoint import (
+    FORMAT_VERSION,
+    atomic_torch_save,
+    checkpoint_path,
+    load_checkpoint,
+)
 from fewlabels.engine.metrics import MetricsLog, progress_bar
 from fewlabels.engine.optim import build_optimizer
+from fewlabels.engine.run_control import StopFlag, any_rank, steps_within_budget
 from fewlabels.engine.sampling import StreamSampler, step_seed
 from fewlabels.engine.schedule import warmup_cosine
 from fewlabels.errors import UserError
 from fewlabels.methods.base import Batch, Method, StepInfo
 
-FORMAT_VERSION = 1
+# Steps timed to fit the schedule to a wall-clock budget (they lie within the warm-up).
+PROBE_STEPS = 10
+# Settings of a run that may change when it resumes (where and how it runs, not what).
+RESUMABLE_SETTINGS = ("run_dir", "resume", "accelerator", "devices", "num_nodes", "precision",
+                      "progress", "checkpoint_minutes", "budget_minutes", "stop_after_steps")
 
 
 @dataclass
@@ -38,7 +48,7 @@ class TrainConfig:
     """How to train; the method's ``recipe`` supplies the defaults the CLI starts from."""
 
     run_dir: Path
-    epochs: int | None = 100
+    epochs: int | None = 100  # None: the time budget decides
     budget_minutes: float | None = None
     batch_size: int = 512  # global, over all devices
     optimizer: str = "lars"
@@ -83,40 +93,255 @@ class TrainingInterrupted(Exception):
         self.step = step
 
 
-def resolve_precision(precision: str, accelerator: str) -> str:
-    """``auto``: bf16 mixed precision on GPUs that have it, fp16 mixed on other GPUs, fp32 on
-    the CPU (CPUs without fast bf16 run it ~100x slower)."""
-    if precision != "auto":
-        return precision
-    if accelerator in ("auto", "cuda", "gpu") and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
+def train(method: Method, images: torch.Tensor, config: TrainConfig, run_spec: dict[str, Any],
+          fabric: Fabric) -> TrainResult:
+    """Train ``method`` on ``images`` (uint8 ``[N, C, H, W]``). ``run_spec`` describes how to
+    rebuild the method (name, configs, backbone, data) and is stored in every checkpoint."""
+    return Trainer(method, images, config, run_spec, fabric).run()
 
 
-def make_fabric(config: TrainConfig) -> Fabric:
-    """A launched Fabric for ``config``'s devices and precision."""
-    try:
-        fabric = Fabric(
-            accelerator=config.accelerator, devices=config.devices, num_nodes=config.num_nodes,
-            precision=resolve_precision(config.precision, config.accelerator),
-            strategy="ddp" if _device_count(config.devices) * config.num_nodes > 1 else "auto",
+class _Meter:
+    """Sums of loss, time and images since the last log line, and over the whole run."""
+
+    def __init__(self) -> None:
+        self.loss = self.augment = self.seconds = 0.0
+        self.steps = self.images = 0
+        self.run_augment = self.run_seconds = 0.0
+
+    def add(self, loss: float, augment: float, seconds: float, images: int) -> None:
+        self.loss += loss
+        self.augment += augment
+        self.seconds += seconds
+        self.steps += 1
+        self.images += images
+        self.run_augment += augment
+        self.run_seconds += seconds
+
+    def flush(self) -> dict[str, float]:
+        values = {"loss": self.loss / self.steps,
+                  "images_per_second": self.images / self.seconds,
+                  "augment_fraction": self.augment / self.seconds}
+        self.loss = self.augment = self.seconds = 0.0
+        self.steps = self.images = 0
+        return values
+
+
+class Trainer:
+    """One run: set-up (devices, optimiser, resume), the loop, checkpoints and logs."""
+
+    def __init__(self, method: Method, images: torch.Tensor, config: TrainConfig,
+                 run_spec: dict[str, Any], fabric: Fabric) -> None:
+        self.config, self.run_spec, self.fabric = config, run_spec, fabric
+        self.run_dir = Path(config.run_dir)
+        self.world, self.rank = fabric.world_size, fabric.global_rank
+        if config.batch_size % self.world:
+            raise UserError(f"batch size {config.batch_size} must be divisible by the "
+                            f"{self.world} devices; pass a multiple of {self.world} to --batch-size")
+        self.sampler = StreamSampler(len(images), config.batch_size, config.seed)
+        self.steps_per_epoch = self.sampler.steps_per_epoch
+        self.warmup_steps = round(config.warmup_epochs * self.steps_per_epoch)
+        self.peak_learning_rate = config.learning_rate * config.batch_size / 256
+        self.budget_seconds = None if config.budget_minutes is None else 60 * config.budget_minutes
+
+        checkpoint = self._checkpoint_to_resume() if config.resume else None
+        if checkpoint is not None:
+            method.load_state_dict(checkpoint["model"])
+        if self.world > 1 and fabric.device.type == "cuda":  # SimCLR's global batch norm
+            method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+        self.channels_last = any(isinstance(m, nn.Conv2d) for m in method.modules())
+        if self.channels_last:
+            method = method.to(memory_format=torch.channels_last)
+        self.method = method
+        optimizer = build_optimizer(config.optimizer, method, self.peak_learning_rate,
+                                    config.weight_decay)
+        self.model, self.optimizer = fabric.setup(method, optimizer)
+        self.images = images.to(fabric.device)
+        self.generator = torch.Generator(device=fabric.device)
+
+        self.step, self.elapsed_before, self.total_steps = 0, 0.0, None
+        if checkpoint is not None:
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            torch.set_rng_state(checkpoint["torch_rng"])
+            self.step = checkpoint["step"]
+            self.elapsed_before = checkpoint["elapsed_seconds"]
+            self.total_steps = checkpoint["total_steps"]
+        elif config.epochs is not None:
+            self.total_steps = config.epochs * self.steps_per_epoch
+        if self.total_steps is None and self.budget_seconds is None:
+            raise UserError("give --epochs or --budget-minutes")
+        self.learning_rates = self._schedule()
+        self.elapsed = self.elapsed_before
+
+    # -- schedule ---------------------------------------------------------------------------
+
+    def _schedule(self) -> np.ndarray:
+        """Warm-up then cosine over the total steps; while the total is not yet known (a time
+        budget), just the warm-up, whose values do not depend on the total."""
+        if self.total_steps is not None:
+            return warmup_cosine(self.peak_learning_rate, 0.0, self.total_steps, self.warmup_steps)
+        warmup = max(1, self.warmup_steps)
+        return self.peak_learning_rate * np.minimum(1.0, np.arange(PROBE_STEPS + 1) / warmup)
+
+    # -- one step ---------------------------------------------------------------------------
+
+    def _training_step(self) -> tuple[dict[str, torch.Tensor], float, int]:
+        """Views, loss, backward, optimiser step; returns the losses, the seconds spent making
+        views and the images in this device's batch."""
+        started = time.perf_counter()
+        step, method = self.step, self.method
+        epoch = step // self.steps_per_epoch
+        if step % self.steps_per_epoch == 0:
+            method.on_epoch_start(epoch, self.images)
+        indices = self.sampler.indices(step, self.rank, self.world).to(self.fabric.device)
+        batch = Batch(unlabeled=self.images[indices])
+        self.generator.manual_seed(step_seed(self.config.seed, step, self.rank))
+        with torch.no_grad():
+            inputs = method.make_views(batch, self.generator)
+            if self.channels_last:
+                inputs = _to_channels_last(inputs)
+        augment_seconds = time.perf_counter() - started
+        for group in self.optimizer.param_groups:
+            group["lr"] = float(self.learning_rates[step])
+        info = StepInfo(step, epoch, self.total_steps or 0, self.generator)
+        losses = self.model(inputs, info)
+        self.fabric.backward(losses["loss"])
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        method.after_optimizer_step(info)
+        return losses, augment_seconds, len(indices)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        config, fabric = self.config, self.fabric
+        log = MetricsLog(self.run_dir, enabled=fabric.is_global_zero,
+                         tensorboard=config.tensorboard)
+        if self.step == 0:
+            log.log(0, {"event": "start", "world_size": self.world,
+                        "steps_per_epoch": self.steps_per_epoch})
+        bar = progress_bar(self.total_steps or 0, self.step,
+                           enabled=config.progress and fabric.is_global_zero)
+        started = last_checkpoint = time.perf_counter()
+        first_step, meter, step_times = self.step, _Meter(), []
+        # A budget's run fits its step count after PROBE_STEPS, and again from the average
+        # pace every log interval during the first half of the budget (start-up costs and a
+        # busy machine make the first estimate rough).
+        fitted_at_step = fitted_at_elapsed = None
+        if self.total_steps is not None:
+            fitted_at_step, fitted_at_elapsed = self.step, self.elapsed
+        last_loss, out_of_time = math.nan, False
+        self.model.train()
+        try:
+            with StopFlag() as stop:
+                while self.total_steps is None or self.step < self.total_steps:
+                    step_started = time.perf_counter()
+                    losses, augment_seconds, batch_images = self._training_step()
+                    last_loss = float(losses["loss"].detach())
+                    if not math.isfinite(last_loss):
+                        raise UserError(
+                            f"the loss became {last_loss} at step {self.step}; the last good "
+                            f"checkpoint is in {self.run_dir}; lower --lr or change the recipe "
+                            "and start again")
+                    self.step += 1
+                    now = time.perf_counter()
+                    self.elapsed = self.elapsed_before + (now - started)
+                    meter.add(last_loss, augment_seconds, now - step_started,
+                              batch_images * self.world)
+                    bar.update(1)
+                    if self.budget_seconds is not None and fitted_at_step is None:
+                        step_times.append(now - step_started)
+                        if self._fit_budget(step_times, bar):
+                            fitted_at_step, fitted_at_elapsed = self.step, self.elapsed
+                    elif self._refit_due(fitted_at_step):
+                        step_times = [(self.elapsed - fitted_at_elapsed)
+                                      / (self.step - fitted_at_step)]
+                        self._fit_budget(step_times, bar)
+                    if self.step % config.log_every_steps == 0 or self.step == self.total_steps:
+                        self._log(log, bar, meter, losses)
+                    out_of_time = (self.budget_seconds is not None
+                                   and self.elapsed >= self.budget_seconds)
+                    asked_to_stop = any_rank(
+                        fabric, stop.requested or self.step == config.stop_after_steps)
+                    if (out_of_time or asked_to_stop
+                            or now - last_checkpoint > 60 * config.checkpoint_minutes):
+                        self._save(finished=False)
+                        last_checkpoint = time.perf_counter()
+                    if asked_to_stop:
+                        raise TrainingInterrupted(self.step, self.run_dir)
+                    if out_of_time:
+                        break
+            completed = self.total_steps is not None and self.step >= self.total_steps
+            finished = completed or out_of_time  # a spent budget ends the run as well
+            self._save(finished=finished)
+            log.log(self.step, {"event": "end", "finished": finished,
+                                "elapsed_seconds": self.elapsed})
+        finally:
+            bar.close()
+            log.close()
+        seconds = time.perf_counter() - started
+        return TrainResult(
+            step=self.step, total_steps=self.total_steps or self.step, finished=finished,
+            elapsed_seconds=self.elapsed,
+            images_per_second=(self.step - first_step) * config.batch_size / max(seconds, 1e-9),
+            augment_fraction=meter.run_augment / max(meter.run_seconds, 1e-9),
+            last_loss=last_loss,
         )
-    except (ValueError, RuntimeError, TypeError) as error:
-        raise UserError(f"cannot use the devices asked for: {str(error).splitlines()[0]}") from error
-    fabric.launch()
-    return fabric
 
+    def _refit_due(self, fitted_at_step: int | None) -> bool:
+        return (self.budget_seconds is not None and fitted_at_step is not None
+                and self.config.epochs is None
+                and self.step % self.config.log_every_steps == 0
+                and self.step - fitted_at_step >= PROBE_STEPS
+                and self.elapsed < 0.5 * self.budget_seconds)
 
-def _device_count(devices: int | str) -> int:
-    if isinstance(devices, int):
-        return devices
-    if devices.isdigit():
-        return int(devices)
-    return 1 if devices == "auto" else len([d for d in devices.split(",") if d.strip()])
+    def _fit_budget(self, step_times: list[float], bar: Any) -> bool:
+        """Fix the total steps (and so the schedule) to the budget, once the probe steps
+        are timed; returns whether it did."""
+        if len(step_times) < min(PROBE_STEPS, max(3, self.warmup_steps)):
+            return False
+        assert self.budget_seconds is not None
+        self.total_steps = steps_within_budget(
+            self.fabric, self.budget_seconds, self.elapsed, self.step, step_times)
+        self.learning_rates = self._schedule()
+        bar.total = self.total_steps
+        bar.refresh()
+        return True
 
+    def _log(self, log: MetricsLog, bar: Any, meter: _Meter,
+             losses: dict[str, torch.Tensor]) -> None:
+        values = {"epoch": (self.step - 1) // self.steps_per_epoch, **meter.flush(),
+                  "lr": float(self.learning_rates[self.step - 1]),
+                  "elapsed_seconds": self.elapsed}
+        values.update({k: float(v.detach()) for k, v in losses.items() if k != "loss"})
+        log.log(self.step, values)
+        bar.set_postfix(loss=f"{values['loss']:.3f}", img_s=f"{values['images_per_second']:.0f}")
 
-def _uses_convolutions(module: nn.Module) -> bool:
-    return any(isinstance(m, nn.Conv2d) for m in module.modules())
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def _save(self, finished: bool) -> None:
+        if self.fabric.is_global_zero:
+            atomic_torch_save({
+                "format": FORMAT_VERSION, "version": fewlabels.__version__, "run": self.run_spec,
+                "train": self.config.to_dict(), "step": self.step,
+                "total_steps": self.total_steps, "finished": finished,
+                "elapsed_seconds": self.elapsed, "model": self.method.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+            }, checkpoint_path(self.run_dir))
+        self.fabric.barrier()
+
+    def _checkpoint_to_resume(self) -> dict[str, Any]:
+        if not checkpoint_path(self.run_dir).exists():
+            raise UserError(f"nothing to resume: no checkpoint in {self.run_dir}")
+        checkpoint = load_checkpoint(self.run_dir)
+        for key in ("method", "backbone"):
+            saved, asked = checkpoint["run"].get(key), self.run_spec.get(key)
+            if saved != asked:
+                raise UserError(f"the checkpoint in {self.run_dir} was trained with {key} "
+                                f"{saved}, not {asked}; resume with the same {key} or choose "
+                                "another --out")
+        if checkpoint.get("finished"):
+            raise UserError(f"the run in {self.run_dir} has finished; nothing to resume")
+        return checkpoint
 
 
 def _to_channels_last(inputs: Any) -> Any:
@@ -125,245 +350,3 @@ def _to_channels_last(inputs: Any) -> Any:
     if isinstance(inputs, list | tuple):
         return type(inputs)(_to_channels_last(x) for x in inputs)
     return inputs
-
-
-class _StopFlag:
-    """Set by SIGINT/SIGTERM; the loop saves a checkpoint and stops at the next step."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopFlag:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:  # noqa: ARG002
-        if self.requested:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def train(
-    method: Method,
-    images: torch.Tensor,
-    config: TrainConfig,
-    run_spec: dict[str, Any],
-    fabric: Fabric,
-) -> TrainResult:
-    """Train ``method`` on ``images`` (uint8 ``[N, C, H, W]``, all on the CPU).
-
-    ``run_spec`` describes how to rebuild the method (name, configs, backbone, data) and is
-    stored in every checkpoint.
-    """
-    run_dir = Path(config.run_dir)
-    world, rank = fabric.world_size, fabric.global_rank
-    if config.batch_size % world:
-        raise UserError(f"batch size {config.batch_size} must be divisible by the "
-                        f"{world} devices; pass a multiple of {world} to --batch-size")
-    sampler = StreamSampler(len(images), config.batch_size, config.seed)
-    steps_per_epoch = sampler.steps_per_epoch
-    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
-    learning_rate = config.learning_rate * config.batch_size / 256
-
-    checkpoint = _load_for_resume(config, run_spec) if config.resume else None
-    if checkpoint is not None:
-        method.load_state_dict(checkpoint["model"])
-    if world > 1 and fabric.device.type == "cuda":  # SimCLR's global batch norm
-        method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
-    channels_last = _uses_convolutions(method)
-    if channels_last:
-        method = method.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(config.optimizer, method, learning_rate, config.weight_decay)
-    model, optimizer = fabric.setup(method, optimizer)
-    images = images.to(fabric.device)
-
-    start_step, elapsed_before, total_steps = 0, 0.0, None
-    if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        torch.set_rng_state(checkpoint["torch_rng"])
-        start_step = checkpoint["step"]
-        elapsed_before = checkpoint["elapsed_seconds"]
-        total_steps = checkpoint["total_steps"]
-    elif config.epochs is not None:
-        total_steps = config.epochs * steps_per_epoch
-    budget_seconds = None if config.budget_minutes is None else config.budget_minutes * 60
-
-    def schedule_for(total: int) -> Any:
-        return warmup_cosine(learning_rate, 0.0, total, warmup_steps)
-
-    # Without a step count the budget decides it: time a few warm-up steps (whose learning
-    # rate does not depend on the total), then fix the schedule so it ends with the budget.
-    probe_steps = 0 if total_steps is not None else max(3, min(10, warmup_steps))
-    provisional_total = 10**9
-    # While probing, the warm-up's own values (or the peak, for a warm-up shorter than the probe).
-    learning_rates = (schedule_for(total_steps) if total_steps else
-                      [learning_rate * min(1.0, s / max(1, warmup_steps)) for s in range(probe_steps)])
-
-    log = MetricsLog(run_dir, enabled=fabric.is_global_zero, tensorboard=config.tensorboard)
-    if fabric.is_global_zero and checkpoint is None:
-        log.log(0, {"event": "start", "world_size": world, "steps_per_epoch": steps_per_epoch})
-
-    state = {"step": start_step, "total": total_steps, "elapsed": elapsed_before}
-
-    def save(finished: bool) -> None:
-        if fabric.is_global_zero:
-            atomic_torch_save({
-                "format": FORMAT_VERSION, "version": fewlabels.__version__, "run": run_spec,
-                "train": config.to_dict(), "step": state["step"], "total_steps": state["total"],
-                "finished": finished, "elapsed_seconds": state["elapsed"],
-                "model": _unwrap(method).state_dict(), "optimizer": optimizer.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-            }, checkpoint_path(run_dir))
-        fabric.barrier()
-
-    generator = torch.Generator(device=fabric.device)
-    bar = progress_bar(total_steps or 0, start_step, enabled=config.progress and fabric.is_global_zero)
-    started = time.perf_counter()
-    last_checkpoint = started
-    window = {"loss": 0.0, "count": 0, "augment": 0.0, "time": 0.0, "images": 0}
-    step_times: list[float] = []
-    totals = {"augment": 0.0, "time": 0.0}
-    last_loss = float("nan")
-    model.train()
-    with _StopFlag() as stop:
-        step = start_step
-        while state["total"] is None or step < state["total"]:
-            t0 = time.perf_counter()
-            epoch = step // steps_per_epoch
-            if step % steps_per_epoch == 0:
-                _unwrap(method).on_epoch_start(epoch, images)
-            batch = Batch(unlabeled=images[sampler.indices(step, rank, world).to(fabric.device)])
-            generator.manual_seed(step_seed(config.seed, step, rank))
-            with torch.no_grad():
-                inputs = _unwrap(method).make_views(batch, generator)
-                if channels_last:
-                    inputs = _to_channels_last(inputs)
-            t_augment = time.perf_counter() - t0
-            for group in optimizer.param_groups:
-                group["lr"] = float(learning_rates[step])
-            info = StepInfo(step, epoch, state["total"] or provisional_total, generator)
-            losses = model(inputs, info)
-            loss = losses["loss"]
-            fabric.backward(loss)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            _unwrap(method).after_optimizer_step(info)
-            last_loss = float(loss.detach())
-            if not math.isfinite(last_loss):
-                log.close()
-                raise UserError(
-                    f"the loss became {last_loss} at step {step} (epoch {epoch}); the last good "
-                    f"checkpoint is in {run_dir}; lower --lr or change the recipe and start again"
-                )
-            step += 1
-            state["step"] = step
-            now = time.perf_counter()
-            state["elapsed"] = elapsed_before + (now - started)
-            window["loss"] += last_loss
-            window["count"] += 1
-            window["augment"] += t_augment
-            totals["augment"] += t_augment
-            totals["time"] += now - t0
-            window["time"] += now - t0
-            window["images"] += len(batch.unlabeled) * world
-
-            bar.update(1)
-            if state["total"] is None:
-                step_times.append(now - t0)
-                if len(step_times) >= probe_steps:
-                    state["total"] = _steps_within_budget(
-                        fabric, budget_seconds, state["elapsed"], step, step_times)
-                    learning_rates = schedule_for(state["total"])
-                    bar.total = state["total"]
-                    bar.refresh()
-            if step % config.log_every_steps == 0 or step == state["total"]:
-                values = {
-                    "epoch": epoch, "loss": window["loss"] / window["count"],
-                    "lr": float(learning_rates[step - 1]),
-                    "images_per_second": window["images"] / window["time"],
-                    "augment_fraction": window["augment"] / window["time"],
-                    "elapsed_seconds": state["elapsed"],
-                }
-                values.update({k: float(v.detach()) for k, v in losses.items() if k != "loss"})
-                log.log(step, values)
-                bar.set_postfix(loss=f"{values['loss']:.3f}",
-                                img_s=f"{values['images_per_second']:.0f}")
-                window = {"loss": 0.0, "count": 0, "augment": 0.0, "time": 0.0, "images": 0}
-            out_of_time = budget_seconds is not None and state["elapsed"] >= budget_seconds
-            asked_to_stop = _any_rank(fabric, stop.requested or step == config.stop_after_steps)
-            if out_of_time or asked_to_stop or now - last_checkpoint > 60 * config.checkpoint_minutes:
-                save(finished=False)
-                last_checkpoint = time.perf_counter()
-            if asked_to_stop:
-                bar.close()
-                log.close()
-                raise TrainingInterrupted(step, run_dir)
-            if out_of_time:
-                break
-    out_of_time = budget_seconds is not None and state["elapsed"] >= budget_seconds
-    completed = state["total"] is not None and step >= state["total"]
-    finished = completed or out_of_time  # a spent budget ends the run as well
-    save(finished=finished)
-    bar.close()
-    total_time = time.perf_counter() - started
-    log.log(step, {"event": "end", "finished": finished, "elapsed_seconds": state["elapsed"]})
-    log.close()
-    return TrainResult(
-        step=step, total_steps=state["total"] or step, finished=finished,
-        elapsed_seconds=state["elapsed"],
-        images_per_second=(step - start_step) * config.batch_size / max(total_time, 1e-9),
-        augment_fraction=totals["augment"] / max(totals["time"], 1e-9), last_loss=last_loss,
-    )
-
-
-def _steps_within_budget(
-    fabric: Fabric, budget_seconds: float | None, elapsed: float, step: int,
-    step_times: list[float],
-) -> int:
-    """Total steps that fit the wall-clock budget, from the median time of the steps so far
-    (the first two, which include start-up costs, left out); the same on every device."""
-    if budget_seconds is None:
-        raise UserError("give --epochs or --budget-minutes")
-    typical = sorted(step_times[2:] or step_times)
-    seconds_per_step = typical[len(typical) // 2]
-    remaining = max(0.0, 0.98 * budget_seconds - elapsed)
-    total = step + int(remaining / seconds_per_step)
-    total = int(fabric.broadcast(total, src=0))
-    return max(total, step + 1)
-
-
-def _any_rank(fabric: Fabric, flag: bool) -> bool:
-    if fabric.world_size == 1:
-        return bool(flag)
-    value = torch.tensor(float(flag), device=fabric.device)
-    return bool(fabric.all_reduce(value, reduce_op="sum") > 0)
-
-
-def _unwrap(module: nn.Module) -> Method:
-    return getattr(module, "module", module)
-
-
-def _load_for_resume(config: TrainConfig, run_spec: dict[str, Any]) -> dict[str, Any] | None:
-    path = checkpoint_path(config.run_dir)
-    if not path.exists():
-        raise UserError(f"nothing to resume: no checkpoint in {config.run_dir}")
-    checkpoint = load_checkpoint(config.run_dir)
-    for key in ("method", "backbone"):
-        saved, asked = checkpoint["run"].get(key), run_spec.get(key)
-        if saved != asked:
-            raise UserError(
-                f"the checkpoint in {config.run_dir} was trained with {key} {saved}, "
-                f"not {asked}; resume with the same {key} or choose another --out"
-            )
-    if checkpoint.get("finished"):
-        raise UserError(f"the run in {config.run_dir} has finished; nothing to resume")
-    return checkpoint
