@@ -25,10 +25,10 @@ def _option(default, help_text: str):  # noqa: ANN001, ANN202
 
 @dataclass
 class SimCLRConfig:
-    temperature: float = _option(0.2, "NT-Xent temperature tau")
+    temperature: float = _option(0.5, "NT-Xent temperature tau")
     projection_dim: int = _option(128, "output size of the projection head")
     projection_hidden_dim: int = _option(512, "hidden size of the 2-layer projection head")
-    crop_scale_min: float = _option(0.2, "smallest crop area, as a fraction of the image")
+    crop_scale_min: float = _option(0.4, "smallest crop area, as a fraction of the image")
     jitter_strength: float = _option(0.5, "colour jitter strength s (SimCLR appendix A)")
     grayscale_probability: float = _option(0.2, "probability of converting a view to gray")
     blur_probability: float = _option(0.0, "probability of Gaussian blur (0 for small images)")

@@ -1,0 +1,30 @@
+"""Backbones, heads and momentum (EMA) helpers.
+
+``build_backbone(name, in_channels=..., image_size=..., width=..., depth=..., **options)`` returns
+an ``nn.Module`` mapping ``[N, C, H, W]`` images to ``[N, feature_dim]`` features; ``BACKBONES``
+lists the names (``fewlabels list backbones``).
+"""
+
+from fewlabels.models.backbones import BACKBONES, build_backbone
+from fewlabels.models.convnet import ConvNet
+from fewlabels.models.heads import PredictionHead, ProjectionHead, PrototypeHead
+from fewlabels.models.momentum import copy_as_teacher, cosine_momentum, ema_update_
+from fewlabels.models.resnet import ResNet
+from fewlabels.models.vit import VisionTransformer, sincos_position_embedding_2d
+from fewlabels.models.wide_resnet import WideResNet
+
+__all__ = [
+    "BACKBONES",
+    "ConvNet",
+    "PredictionHead",
+    "ProjectionHead",
+    "PrototypeHead",
+    "ResNet",
+    "VisionTransformer",
+    "WideResNet",
+    "build_backbone",
+    "copy_as_teacher",
+    "cosine_momentum",
+    "ema_update_",
+    "sincos_position_embedding_2d",
+]
