@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from fewlabels.engine.checkpoint import atomic_torch_save, load_checkpoint
+from fewlabels.atomic import atomic_torch_save
+from fewlabels.engine.checkpoint import load_checkpoint
 from fewlabels.engine.optim import LARS, build_optimizer, parameter_groups
 from fewlabels.engine.sampling import StreamSampler
 from fewlabels.engine.schedule import warmup_cosine

@@ -23,7 +23,8 @@ def test_small_run_writes_checkpoint_metrics_and_run_description(tmp_path, capsy
     assert checkpoint["finished"] and checkpoint["step"] == checkpoint["total_steps"] == 6
     assert checkpoint["run"]["method"] == "simclr"
     assert checkpoint["run"]["method_config"]["projection_dim"] == 8
-    records = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    lines = (tmp_path / "run/metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
     losses = [r["loss"] for r in records if "loss" in r]
     assert losses and all(loss > 0 for loss in losses)
     assert any(p.name.startswith("events") for p in (tmp_path / "run/tensorboard").iterdir())

@@ -238,12 +238,11 @@ def _add_evaluation_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _list(what: str) -> None:
-    if what == "methods":
-        from fewlabels.methods import METHODS as registry
-    elif what == "datasets":
-        from fewlabels.data import DATASETS as registry
-    else:
-        from fewlabels.models import BACKBONES as registry
+    from fewlabels.data import DATASETS
+    from fewlabels.methods import METHODS
+    from fewlabels.models import BACKBONES
+
+    registry = {"methods": METHODS, "datasets": DATASETS, "backbones": BACKBONES}[what]
     width = max(len(name) for name in registry.names())
     for name in registry.names():
         print(f"{name:<{width}}  {registry.summary(name)}")

@@ -23,12 +23,12 @@ import hashlib
 import http.client
 import logging
 import os
-import tempfile
 import urllib.request
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
+from fewlabels.atomic import atomic_write_bytes
 from fewlabels.data.idx import has_idx_files
 from fewlabels.errors import UserError
 
@@ -112,7 +112,7 @@ def download_fashion_mnist(
     try:
         directory.mkdir(parents=True, exist_ok=True)
         for file_name, content in contents.items():
-            _write_atomically(directory / file_name, content)
+            atomic_write_bytes(directory / file_name, content)
     except OSError as error:
         raise UserError(f"could not write the download to {directory}: {error}") from None
     return directory
@@ -128,18 +128,6 @@ def sample_path() -> Path:
             "reinstall fewlabels"
         )
     return sample
-
-
-def _write_atomically(path: Path, content: bytes) -> None:
-    """Write to a temporary file next to ``path``, then rename it over ``path``."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(content)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _not_found_message(searched: list[Path], reason: str) -> str:

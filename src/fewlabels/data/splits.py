@@ -42,7 +42,8 @@ def make_split(
     if labels_per_class is not None and labels_per_class < 1:
         raise UserError(f"labels per class must be at least 1, got {labels_per_class}")
     if validation_per_class < 0:
-        raise UserError(f"validation images per class must be 0 or more, got {validation_per_class}")
+        raise UserError(
+            f"validation images per class must be 0 or more, got {validation_per_class}")
     rng = np.random.Generator(np.random.PCG64(seed))
     order = rng.permutation(len(labels_np))
     labeled, unlabeled, validation = [], [], []

@@ -3,8 +3,6 @@ over the old one, so a run killed at any moment leaves its last checkpoint intac
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,23 +12,6 @@ from fewlabels.errors import UserError
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to ``path`` so that readers see the old file or the new one, never a
-    partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def checkpoint_path(run_dir: Path | str) -> Path:

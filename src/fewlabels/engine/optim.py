@@ -55,7 +55,8 @@ class LARS(torch.optim.Optimizer):
                 if group["weight_decay"]:
                     grad = grad.add(p, alpha=group["weight_decay"])
                 if group["lars"]:
-                    weight_norm, grad_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(grad)
+                    weight_norm = torch.linalg.vector_norm(p)
+                    grad_norm = torch.linalg.vector_norm(grad)
                     trust = torch.where(
                         (weight_norm > 0) & (grad_norm > 0),
                         group["trust_coefficient"] * weight_norm / grad_norm,
@@ -70,7 +71,9 @@ class LARS(torch.optim.Optimizer):
                 p.add_(state["momentum_buffer"], alpha=-group["lr"])
 
 
-def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def build_optimizer(
+    name: str, model: nn.Module, lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
     """The optimiser ``name`` over ``model``'s parameter groups."""
     groups = parameter_groups(model, weight_decay)
     if name == "lars":

@@ -3,6 +3,7 @@ and the number of steps that fits a wall-clock budget."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from typing import Any
 
@@ -56,10 +57,8 @@ class StopFlag:
 
     def __enter__(self) -> StopFlag:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
                 self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:  # noqa: ARG002

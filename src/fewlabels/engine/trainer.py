@@ -22,12 +22,8 @@ from lightning_fabric import Fabric
 from torch import nn
 
 import fewlabels
-from fewlabels.engine.checkpoint import (
-    FORMAT_VERSION,
-    atomic_torch_save,
-    checkpoint_path,
-    load_checkpoint,
-)
+from fewlabels.atomic import atomic_torch_save
+from fewlabels.engine.checkpoint import FORMAT_VERSION, checkpoint_path, load_checkpoint
 from fewlabels.engine.metrics import MetricsLog, progress_bar
 from fewlabels.engine.optim import build_optimizer
 from fewlabels.engine.run_control import StopFlag, any_rank, steps_within_budget
@@ -84,7 +80,7 @@ class TrainResult:
     last_loss: float
 
 
-class TrainingInterrupted(Exception):
+class TrainingInterrupted(Exception):  # noqa: N818 - a stop asked for, not an error
     """Raised after a checkpoint was saved because the run was asked to stop."""
 
     def __init__(self, step: int, run_dir: Path) -> None:
@@ -136,7 +132,8 @@ class Trainer:
         self.world, self.rank = fabric.world_size, fabric.global_rank
         if config.batch_size % self.world:
             raise UserError(f"batch size {config.batch_size} must be divisible by the "
-                            f"{self.world} devices; pass a multiple of {self.world} to --batch-size")
+                            f"{self.world} devices; pass a multiple of {self.world} to "
+                            "--batch-size")
         self.sampler = StreamSampler(len(images), config.batch_size, config.seed)
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.warmup_steps = round(config.warmup_epochs * self.steps_per_epoch)

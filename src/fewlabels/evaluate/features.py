@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from fewlabels.atomic import atomic_torch_save
 from fewlabels.data.imageset import ImageSet
 
 
@@ -110,20 +110,6 @@ def cache_key(key_parts: dict[str, Any]) -> str:
     """SHA-256 of the canonical JSON of ``key_parts`` (sorted keys, no whitespace)."""
     canonical = json.dumps(key_parts, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file next to ``path``, then rename it into place, so a
-    reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(obj, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 class FeatureCache:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
+
+from fewlabels.atomic import atomic_write_text
 
 
 def budget_label(labels_per_class: int | None) -> str:
@@ -103,22 +103,10 @@ class Results:
 
     def save_json(self, path: str | os.PathLike[str]) -> None:
         """Write :meth:`to_json` atomically (temporary file, then rename)."""
-        write_text_atomic(Path(path), self.to_json() + "\n")
+        atomic_write_text(path, self.to_json() + "\n")
 
     def table(self) -> str:
         return format_table(self)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def format_cell(cell: Cell | None) -> str:

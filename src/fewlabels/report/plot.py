@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from fewlabels.atomic import atomic_output
 from fewlabels.evaluate.table import Results
 
 _LINE_STYLES = {"knn": ":", "linear": "-", "supervised": "--"}
@@ -73,13 +73,7 @@ def plot_label_efficiency(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(handle)
-    try:
-        figure.savefig(temporary, format="png")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as stream:
+        figure.savefig(stream, format="png")
     return path
 
