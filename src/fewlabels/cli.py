@@ -116,14 +116,17 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
                                     f"(default {field.default})")
 
 
-def _add_data_options(parser: argparse.ArgumentParser, default: str | None) -> None:
+def _add_data_options(parser: argparse.ArgumentParser, default_help: str,
+                      resize: bool = True) -> None:
     group = parser.add_argument_group("data")
-    group.add_argument("--data", default=default,
+    group.add_argument("--data", default=None,
                        help="dataset: fashion-mnist, fashion-mnist-sample, mnist:PATH, "
                             "cifar10:PATH, cifar100:PATH, stl10:PATH, folder:PATH, npz:PATH "
-                            f"(default {default}; see: fewlabels list datasets)")
-    group.add_argument("--image-size", type=_number(int, 8, 1024), default=None,
-                       help="side in pixels that folder images are resized to (default 32)")
+                            f"(default {default_help}; see: fewlabels list datasets)")
+    if resize:
+        group.add_argument("--image-size", type=_number(int, 8, 1024), default=None,
+                           help="resize images to this side in pixels (default: as stored; "
+                                "folder images 32)")
     group.add_argument("--on-corrupt", choices=["skip", "error"], default="skip",
                        help="an unreadable image in a folder: skip and count it, or stop "
                             "(default skip)")
@@ -143,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--method", default=None,
                           help=f"method (default {DEFAULT_METHOD}; see: fewlabels list methods)")
     pretrain.add_argument("--out", required=True, help="run folder to write (or resume)")
-    _add_data_options(pretrain, None)
+    _add_data_options(pretrain, DEFAULT_DATA)
     pretrain.add_argument("--max-images", type=positive_int, default=None,
                           help="pretrain on a seeded random subset of this many images")
     length = pretrain.add_argument_group("length (the method's epochs when neither is given)")
@@ -174,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="epochs of linear learning-rate warm-up before the cosine decay")
     run = pretrain.add_argument_group("run")
     run.add_argument("--resume", action="store_true",
-                     help="continue the run in --out from its last checkpoint")
+                     help="continue the run in --out from its last checkpoint, with its "
+                          "method, data and recipe (devices and --budget-minutes may change)")
     run.add_argument("--checkpoint-minutes", type=positive_float, default=2.0,
                      help="minutes between checkpoints (default 2)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -190,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "supervised-from-scratch baselines.")
     evaluate.add_argument("--checkpoint", required=True,
                           help="run folder (or checkpoint.pt) made by fewlabels pretrain")
-    _add_data_options(evaluate, None)
+    # evaluation resizes to the size the backbone was trained at
+    _add_data_options(evaluate, "the data the checkpoint was pretrained on", resize=False)
     _add_evaluation_options(evaluate)
     evaluate.add_argument("--seed", type=_number(int, 0), default=0,
                           help="first split seed; seeds seed..seed+N-1 are used (default 0)")

@@ -11,7 +11,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from fewlabels.data.imageset import ImageSet
@@ -77,6 +76,3 @@ def describe(checkpoint: dict[str, Any]) -> str:
     return (f"{spec['method']} on {spec['data']['spec']}, backbone {backbone['name']}, "
             f"step {checkpoint['step']}/{checkpoint['total_steps']}")
 
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
