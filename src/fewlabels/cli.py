@@ -238,7 +238,8 @@ def _add_evaluation_options(parser: argparse.ArgumentParser) -> None:
                        help="neighbours of the kNN classifier (default 200)")
     group.add_argument("--knn-temperature", type=positive_float, default=0.1,
                        help="temperature T of the kNN votes exp(similarity/T) (default 0.1)")
-    group.add_argument("--json", default=None, help="also write the results to this JSON file")
+    group.add_argument("--json", default=None,
+                       help="JSON file for the results (default RUN_DIR/evaluation.json)")
     group.add_argument("--plot", default=None, help="also plot the results to this PNG file")
 
 

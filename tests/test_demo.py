@@ -1,0 +1,39 @@
+"""`fewlabels demo` wiring: what it pretrains, what it evaluates, and that a second run reuses
+the finished pretraining (the real end-to-end run is in docs/benchmarks.md; it takes minutes)."""
+
+from fewlabels.cli import main
+from fewlabels.commands import demo
+
+
+def test_demo_pretrains_then_evaluates_and_reuses_a_finished_run(tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def fake_pretrain(args):
+        calls.append(("pretrain", args))
+        (tmp_path / "out/simclr").mkdir(parents=True)
+
+    monkeypatch.setattr("fewlabels.commands.pretrain.run_pretrain", fake_pretrain)
+    monkeypatch.setattr("fewlabels.commands.evaluate.run_evaluate",
+                        lambda args: calls.append(("evaluate", args)))
+    assert main(["demo", "--out", str(tmp_path / "out"), "--minutes", "2",
+                 "--data", "fashion-mnist-sample"]) == 0
+    (kind, pretrain), (kind2, evaluate) = calls
+    assert kind == "pretrain" and kind2 == "evaluate"
+    assert pretrain.method == "simclr" and pretrain.budget_minutes == 2.0
+    assert pretrain.data == "fashion-mnist-sample"
+    assert evaluate.labels_per_class == [1, 10, 100, None]
+    assert evaluate.baselines == ["raw", "random", "supervised"]
+    assert evaluate.plot.endswith("label_efficiency.png")
+
+    # a finished run is reused: only the evaluation runs again
+    calls.clear()
+    monkeypatch.setattr(demo, "load_checkpoint", lambda path: {"finished": True})
+    monkeypatch.setattr(demo, "checkpoint_path", lambda path: tmp_path)
+    assert main(["demo", "--out", str(tmp_path / "out")]) == 0
+    assert [kind for kind, _ in calls] == ["evaluate"]
+    assert "reusing the finished run" in capsys.readouterr().out
+
+
+def test_demo_data_falls_back_to_the_shipped_sample(monkeypatch, tmp_path):
+    monkeypatch.setattr(demo, "candidate_directories", lambda: [tmp_path])
+    assert demo.default_demo_data() == "fashion-mnist-sample"
