@@ -221,8 +221,8 @@ class Trainer:
         started = last_checkpoint = time.perf_counter()
         first_step, meter, step_times = self.step, _Meter(), []
         # A budget's run fits its step count after PROBE_STEPS, and again from the average
-        # pace every log interval during the first half of the budget (start-up costs and a
-        # busy machine make the first estimate rough).
+        # pace every log interval until 90% of the budget is spent (start-up costs and a busy
+        # machine make the first estimate rough; late refits move the schedule only a little).
         fitted_at_step = fitted_at_elapsed = None
         if self.total_steps is not None:
             fitted_at_step, fitted_at_elapsed = self.step, self.elapsed
@@ -289,7 +289,7 @@ class Trainer:
                 and self.config.epochs is None
                 and self.step % self.config.log_every_steps == 0
                 and self.step - fitted_at_step >= PROBE_STEPS
-                and self.elapsed < 0.5 * self.budget_seconds)
+                and self.elapsed < 0.9 * self.budget_seconds)
 
     def _fit_budget(self, step_times: list[float], bar: Any) -> bool:
         """Fix the total steps (and so the schedule) to the budget, once the probe steps
