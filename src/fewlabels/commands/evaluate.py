@@ -67,10 +67,9 @@ def run_evaluate(args: Any) -> Results:
     run_dir = run_dir if run_dir.is_dir() else run_dir.parent
     spec = args.data or checkpoint["run"]["data"]["spec"]
     device = evaluation_device(args.accelerator)
-    say = _printer()
-    say(f"evaluating {describe(checkpoint)}")
+    _say(f"evaluating {describe(checkpoint)}")
     train, test, note = train_and_test(spec, info.image_size, info.channels, args.on_corrupt)
-    say(f"data: {spec}, {len(train)} train and {len(test)} test images ({note})")
+    _say(f"data: {spec}, {len(train)} train and {len(test)} test images ({note})")
 
     def fresh_backbone() -> torch.nn.Module:
         return make_backbone(checkpoint["run"]["backbone"], info)
@@ -97,7 +96,7 @@ def run_evaluate(args: Any) -> Results:
         labels_per_class=args.labels_per_class,
         seeds=list(range(args.seed, args.seed + args.seeds)),
         knn_k=args.knn_k, knn_temperature=args.knn_temperature,
-        supervised=supervised, supervised_name="supervised from scratch", log=say,
+        supervised=supervised, supervised_name="supervised from scratch", log=_say,
     )
     results.settings.update({"checkpoint": str(checkpoint_path(args.checkpoint)),
                              "run": checkpoint["run"], "step": checkpoint["step"],
@@ -112,8 +111,6 @@ def run_evaluate(args: Any) -> Results:
     return results
 
 
-def _printer():  # noqa: ANN202
-    def say(message: str) -> None:
-        print(f"  {message}", file=sys.stderr, flush=True)
-
-    return say
+def _say(message: str) -> None:
+    """Progress lines go to stderr, so stdout holds only the table and where it was written."""
+    print(f"  {message}", file=sys.stderr, flush=True)

@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewlabels.augment.convert import normalize, to_float
 from fewlabels.data.imageset import ImageSet
-from fewlabels.evaluate.features import normalize_batch, single_thread_if_small
+from fewlabels.engine.optim import build_optimizer
+from fewlabels.evaluate.features import single_thread_if_small
 
 BackboneFactory = Callable[[], nn.Module]
 # Batches of fewer pixel values than this train on one thread (see single_thread_if_small):
@@ -36,10 +38,9 @@ def raw_pixel_features(
     batch_size: int = 4096,
 ) -> torch.Tensor:
     """Normalised pixels, flattened: float32 ``[N, C*H*W]``."""
-    mean_t = torch.as_tensor(mean, dtype=torch.float32)
-    std_t = torch.as_tensor(std, dtype=torch.float32)
     parts = [
-        normalize_batch(images_uint8[start : start + batch_size], mean_t, std_t).flatten(1)
+        normalize(to_float(images_uint8[start : start + batch_size]), mean, std, inplace=True)
+        .flatten(1)
         for start in range(0, len(images_uint8), batch_size)
     ]
     return torch.cat(parts) if parts else torch.zeros(0, math.prod(images_uint8.shape[1:]))
@@ -124,8 +125,8 @@ class SupervisedModel(nn.Module):
         try:
             predictions = [
                 self(
-                    normalize_batch(images_uint8[start : start + batch_size].to(device),
-                                    self.mean, self.std)
+                    normalize(to_float(images_uint8[start : start + batch_size].to(device)),
+                              self.mean, self.std, inplace=True)
                     .contiguous(memory_format=torch.channels_last)
                 ).argmax(1).cpu()
                 for start in range(0, len(images_uint8), batch_size)
@@ -195,11 +196,7 @@ def train_supervised(
         "weight_decay": weight_decay, "warmup_steps": warmup_steps, "schedule": "cosine",
         "max_shift": max_shift, "flip": flip, "seed": seed, "labeled": len(labeled),
     }
-    decayed = [p for p in model.parameters() if p.ndim >= 2]
-    others = [p for p in model.parameters() if p.ndim < 2]
-    groups = [{"params": decayed, "weight_decay": weight_decay},
-              {"params": others, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=lr)
+    optimizer = build_optimizer("adamw", model, lr, weight_decay)
     schedule = learning_rates(lr, steps, warmup_steps).tolist()
     generator = torch.Generator().manual_seed(seed)
     images, labels = labeled.images.to(device), labeled.labels.to(device)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from fewlabels.atomic import atomic_torch_save
+from fewlabels.augment.convert import normalize, to_float
 from fewlabels.data.imageset import ImageSet
 
 
@@ -40,19 +41,6 @@ def single_thread_if_small(size: int, threshold: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-def normalize_batch(
-    images_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
-) -> torch.Tensor:
-    """uint8 ``[N, C, H, W]`` -> float32 ``(x / 255 - mean) / std``; ``mean``/``std`` are
-    float32 tensors of shape ``[C]`` on the images' device."""
-    images = images_uint8.to(torch.float32).div_(255)
-    return images.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
-
-
-def _channel_tensor(values: Sequence[float] | torch.Tensor, device: torch.device) -> torch.Tensor:
-    return torch.as_tensor(values, dtype=torch.float32, device=device).flatten()
 
 
 @torch.no_grad()
@@ -78,7 +66,6 @@ def extract_features(
         shape = tuple(images_uint8.shape)
         raise ValueError(f"extract_features wants images [N, C, H, W], got {shape}")
     device = torch.device(device)
-    mean_t, std_t = _channel_tensor(mean, device), _channel_tensor(std, device)
     backbone.to(device)
     was_training = backbone.training
     backbone.eval()
@@ -86,7 +73,7 @@ def extract_features(
         outputs = []
         for start in range(0, len(images_uint8), batch_size):
             batch = images_uint8[start : start + batch_size].to(device, non_blocking=True)
-            batch = normalize_batch(batch, mean_t, std_t)
+            batch = normalize(to_float(batch), mean, std, inplace=True)
             batch = batch.contiguous(memory_format=torch.channels_last)
             outputs.append(backbone(batch).float().flatten(1).cpu())
     finally:
