@@ -39,10 +39,6 @@ def pretraining_images(spec: str, image_size: int | None, on_corrupt: str,
 def run_pretrain(args: Any) -> TrainResult:
     """Build (or resume) a run from parsed arguments and train it."""
     out = Path(args.out)
-    if not args.resume:
-        args.method = args.method or DEFAULT_METHOD
-        args.backbone = args.backbone or DEFAULT_BACKBONE
-        args.data = args.data or DEFAULT_DATA
     if args.resume:
         checkpoint = load_checkpoint(out)
         run_spec = checkpoint["run"]
@@ -50,6 +46,10 @@ def run_pretrain(args: Any) -> TrainResult:
         train_values = checkpoint["train"]
         data_spec = run_spec["data"]
     else:
+        args.method = args.method or DEFAULT_METHOD
+        args.backbone = args.backbone or DEFAULT_BACKBONE
+        args.data = args.data or DEFAULT_DATA
+        checkpoint = None
         if checkpoint_path(out).exists():
             raise UserError(f"{out} already holds a run; continue it with --resume, "
                             "or choose another --out")
@@ -107,7 +107,7 @@ def run_pretrain(args: Any) -> TrainResult:
               f"x{images.image_size[1]}), backbone {run_spec['backbone']['name']} "
               f"({sum(p.numel() for p in method.backbone.parameters()):,} parameters), "
               f"{fabric.world_size} device(s) {fabric.device}, into {out}")
-    result = train(method, images.images, config, run_spec, fabric)
+    result = train(method, images.images, config, run_spec, fabric, checkpoint)
     if fabric.is_global_zero:
         state = "finished" if result.step >= result.total_steps else "stopped at the time budget"
         print(f"{state}: step {result.step}/{result.total_steps}, "

@@ -1,5 +1,6 @@
-"""Checkpoints written atomically: a temporary file in the same folder, flushed, then renamed
-over the old one, so a run killed at any moment leaves its last checkpoint intact."""
+"""Checkpoints, written atomically (``fewlabels.atomic``: a temporary file in the same folder,
+flushed, then renamed over the old one), so a run killed at any moment leaves its last
+checkpoint intact; and reading them back with one-line errors."""
 
 from __future__ import annotations
 

@@ -90,10 +90,12 @@ class TrainingInterrupted(Exception):  # noqa: N818 - a stop asked for, not an e
 
 
 def train(method: Method, images: torch.Tensor, config: TrainConfig, run_spec: dict[str, Any],
-          fabric: Fabric) -> TrainResult:
+          fabric: Fabric, checkpoint: dict[str, Any] | None = None) -> TrainResult:
     """Train ``method`` on ``images`` (uint8 ``[N, C, H, W]``). ``run_spec`` describes how to
-    rebuild the method (name, configs, backbone, data) and is stored in every checkpoint."""
-    return Trainer(method, images, config, run_spec, fabric).run()
+    rebuild the method (name, configs, backbone, data) and is stored in every checkpoint. With
+    ``config.resume``, ``checkpoint`` is the run's checkpoint when the caller has already
+    loaded it; otherwise it is read from ``config.run_dir``."""
+    return Trainer(method, images, config, run_spec, fabric, checkpoint).run()
 
 
 class _Meter:
@@ -126,7 +128,8 @@ class Trainer:
     """One run: set-up (devices, optimiser, resume), the loop, checkpoints and logs."""
 
     def __init__(self, method: Method, images: torch.Tensor, config: TrainConfig,
-                 run_spec: dict[str, Any], fabric: Fabric) -> None:
+                 run_spec: dict[str, Any], fabric: Fabric,
+                 checkpoint: dict[str, Any] | None = None) -> None:
         self.config, self.run_spec, self.fabric = config, run_spec, fabric
         self.run_dir = Path(config.run_dir)
         self.world, self.rank = fabric.world_size, fabric.global_rank
@@ -140,7 +143,7 @@ class Trainer:
         self.peak_learning_rate = config.learning_rate * config.batch_size / 256
         self.budget_seconds = None if config.budget_minutes is None else 60 * config.budget_minutes
 
-        checkpoint = self._checkpoint_to_resume() if config.resume else None
+        checkpoint = self._checkpoint_to_resume(checkpoint) if config.resume else None
         if checkpoint is not None:
             method.load_state_dict(checkpoint["model"])
         if self.world > 1 and fabric.device.type == "cuda":  # SimCLR's global batch norm
@@ -326,10 +329,11 @@ class Trainer:
             }, checkpoint_path(self.run_dir))
         self.fabric.barrier()
 
-    def _checkpoint_to_resume(self) -> dict[str, Any]:
-        if not checkpoint_path(self.run_dir).exists():
-            raise UserError(f"nothing to resume: no checkpoint in {self.run_dir}")
-        checkpoint = load_checkpoint(self.run_dir)
+    def _checkpoint_to_resume(self, checkpoint: dict[str, Any] | None) -> dict[str, Any]:
+        if checkpoint is None:
+            if not checkpoint_path(self.run_dir).exists():
+                raise UserError(f"nothing to resume: no checkpoint in {self.run_dir}")
+            checkpoint = load_checkpoint(self.run_dir)
         for key in ("method", "backbone"):
             saved, asked = checkpoint["run"].get(key), self.run_spec.get(key)
             if saved != asked:
