@@ -1,5 +1,6 @@
 """A 2-process CPU DDP run (gloo) against one process on the same global batch."""
 
+import gc
 import os
 import socket
 
@@ -28,15 +29,24 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        model = nn.parallel.DistributedDataParallel(_model())
-        view1, view2 = _data()
-        local = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
-        loss = nt_xent_loss(model(view1[local]), model(view2[local]), temperature=0.3)
-        loss.backward()  # DDP averages the parameter gradients over the two processes
-        grads = [p.grad.clone() for p in model.parameters()]
-        torch.save({"loss": loss.detach(), "grads": grads}, f"{out_dir}/rank{rank}.pt")
+        _compare_step(rank, world, out_dir)
+        dist.barrier()  # neither process tears gloo down while the other still talks to it
     finally:
+        # The DDP reducer and autograd graph were freed with _compare_step's frame; collect any
+        # cycle now so no gloo work object outlives the process group into interpreter exit,
+        # where freeing it aborts the process ("terminate called without an active exception").
+        gc.collect()
         dist.destroy_process_group()
+
+
+def _compare_step(rank: int, world: int, out_dir: str) -> None:
+    model = nn.parallel.DistributedDataParallel(_model())
+    view1, view2 = _data()
+    local = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
+    loss = nt_xent_loss(model(view1[local]), model(view2[local]), temperature=0.3)
+    loss.backward()  # DDP averages the parameter gradients over the two processes
+    grads = [p.grad.clone() for p in model.parameters()]
+    torch.save({"loss": loss.detach(), "grads": grads}, f"{out_dir}/rank{rank}.pt")
 
 
 def _free_port() -> int:
