@@ -283,3 +283,22 @@ def test_bad_options_raise_user_error(name, kwargs, message):
 def test_string_options_are_converted():
     model = build_backbone("vit", in_channels=1, image_size=28, width=32, patch_size="7", heads="2")
     assert model.patch_size == 7 and model.num_heads == 2
+
+
+def test_every_backbone_default_size_matches_the_built_network():
+    """Run specs store resolve_sizes(); building with those values must give the default net."""
+    from fewlabels.models.backbones import DEFAULT_SIZES, resolve_sizes
+    from fewlabels.runs import backbone_spec
+
+    assert set(DEFAULT_SIZES) == set(BACKBONES.names())
+    for name in ("convnet", "resnet", "wide-resnet", "vit"):
+        width, depth = resolve_sizes(name, None, None)
+        torch.manual_seed(0)
+        default = build_backbone(name, in_channels=1, image_size=28)
+        torch.manual_seed(0)
+        explicit = build_backbone(name, in_channels=1, image_size=28, width=width, depth=depth)
+        assert [p.shape for p in default.parameters()] == [p.shape for p in explicit.parameters()]
+    assert backbone_spec("convnet", None, None)["width"] == 32
+    assert backbone_spec("resnet18", None, None)["depth"] is None
+    with pytest.raises(UserError, match="convnet"):
+        backbone_spec("no-such-net", None, None)

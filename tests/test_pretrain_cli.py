@@ -7,6 +7,8 @@ import torch
 
 from fewlabels.cli import main
 from fewlabels.engine.checkpoint import load_checkpoint
+from fewlabels.methods import Batch
+from fewlabels.runs import build_method
 
 DATA = ["--data", "fashion-mnist-sample", "--max-images", "192", "--batch-size", "32"]
 SMALL = [*DATA, "--width", "4", "--depth", "2", "--no-progress", "--projection-hidden-dim", "16",
@@ -30,6 +32,17 @@ def test_small_run_writes_checkpoint_metrics_and_run_description(tmp_path, capsy
     assert any(p.name.startswith("events") for p in (tmp_path / "run/tensorboard").iterdir())
     assert json.loads((tmp_path / "run/run.json").read_text())["train"]["batch_size"] == 32
     assert "finished: step 6/6" in capsys.readouterr().out
+
+
+def test_small_views_train_and_the_backbone_still_reads_full_size_images(tmp_path):
+    assert pretrain(tmp_path / "run", "--epochs", "1", "--view-size", "12") == 0
+    spec = load_checkpoint(tmp_path / "run")["run"]
+    assert spec["method_config"]["view_size"] == 12
+    method = build_method(spec)
+    images = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
+    views = method.make_views(Batch(unlabeled=images), torch.Generator().manual_seed(0))
+    assert views.shape == (6, 1, 12, 12)
+    assert method.backbone(torch.zeros(2, 1, 28, 28)).shape == (2, method.backbone.feature_dim)
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
@@ -72,6 +85,7 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path, capsys):
         (["--lr", "-1"], "out of range"),
         (["--width", "x"], "not a valid int"),
         (["--batch-size", "100000"], "smaller --batch-size"),
+        (["--view-size", "21"], "cannot take 21 px views"),
     ],
 )
 def test_bad_input_is_one_line_and_status_2(tmp_path, capsys, arguments, message):

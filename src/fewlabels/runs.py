@@ -18,6 +18,7 @@ from fewlabels.engine.checkpoint import load_checkpoint
 from fewlabels.errors import UserError
 from fewlabels.methods import METHODS, DataInfo, Method
 from fewlabels.models import build_backbone
+from fewlabels.models.backbones import resolve_sizes
 
 
 def data_info(images: ImageSet, num_classes: int = 0) -> DataInfo:
@@ -30,6 +31,8 @@ def data_info(images: ImageSet, num_classes: int = 0) -> DataInfo:
 
 
 def backbone_spec(name: str, width: int | None, depth: int | None, **options: Any) -> dict:
+    """The stored description of a backbone; width and depth are resolved to their defaults."""
+    width, depth = resolve_sizes(name, width, depth)
     return {"name": name, "width": width, "depth": depth,
             "options": {k: v for k, v in options.items() if v is not None}}
 

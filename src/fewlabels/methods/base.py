@@ -18,6 +18,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from fewlabels.errors import UserError
+
 
 @dataclass(frozen=True)
 class DataInfo:
@@ -101,3 +103,24 @@ class Method(nn.Module):
 
     def config_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)
+
+
+def check_view_size(backbone: nn.Module, channels: int, size: int) -> None:
+    """Raise :class:`UserError` unless ``backbone`` accepts views of ``size``² pixels.
+
+    For methods whose views differ in size from the stored images (small views, multi-crop):
+    a space-to-depth stem or a ViT patch grid accepts only some sizes, which is best found
+    before training starts. One image goes through the backbone in eval mode, without grad.
+    """
+    if size < 1:
+        raise UserError(f"the view size must be positive, got {size}")
+    was_training = backbone.training
+    try:
+        with torch.no_grad():
+            backbone.eval()(torch.zeros(1, channels, size, size))
+    except (RuntimeError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"the backbone cannot take {size} px views ({reason}); choose a view "
+                        "size that its stem or patch size divides") from None
+    finally:
+        backbone.train(was_training)

@@ -14,7 +14,14 @@ from torch import nn
 
 from fewlabels.augment.recipes import SimCLRViews
 from fewlabels.losses.contrastive import nt_xent_loss
-from fewlabels.methods.base import Batch, DataInfo, Method, StepInfo, TrainingRecipe
+from fewlabels.methods.base import (
+    Batch,
+    DataInfo,
+    Method,
+    StepInfo,
+    TrainingRecipe,
+    check_view_size,
+)
 from fewlabels.methods.registry import METHODS
 from fewlabels.models.heads import ProjectionHead
 
@@ -32,6 +39,9 @@ class SimCLRConfig:
     jitter_strength: float = _option(0.5, "colour jitter strength s (SimCLR appendix A)")
     grayscale_probability: float = _option(0.2, "probability of converting a view to gray")
     blur_probability: float = _option(0.0, "probability of Gaussian blur (0 for small images)")
+    view_size: int = _option(
+        0, "side of the training views in pixels (0: the image size); smaller views train "
+        "faster and, with random resized crops, suit testing at full size (Touvron et al. 2019)")
 
 
 @METHODS.register("simclr", "SimCLR: NT-Xent contrast of two views (Chen et al. 2020)")
@@ -50,8 +60,10 @@ class SimCLR(Method):
         self.projection = ProjectionHead(
             backbone.feature_dim, config.projection_hidden_dim, config.projection_dim
         )
+        if config.view_size:
+            check_view_size(backbone, data.channels, config.view_size)
         self.views = SimCLRViews(
-            image_size=data.image_size,
+            image_size=config.view_size or data.image_size,
             mean=data.mean,
             std=data.std,
             crop_scale=(config.crop_scale_min, 1.0),

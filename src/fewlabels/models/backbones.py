@@ -57,6 +57,28 @@ def build_backbone(
     )
 
 
+# Each backbone's default (width, depth); None where the depth is fixed by the architecture.
+# Run specs store the resolved values, so a checkpoint keeps loading if a default changes.
+DEFAULT_SIZES: dict[str, tuple[int, int | None]] = {
+    "convnet": (32, 3),
+    "resnet": (16, 3),
+    "resnet18": (64, None),
+    "resnet50": (64, None),
+    "wide-resnet": (2, 28),
+    "vit": (192, 6),
+}
+
+
+def resolve_sizes(
+    name: str, width: int | None, depth: int | None
+) -> tuple[int | None, int | None]:
+    """``(width, depth)`` of backbone ``name`` with ``None`` replaced by its default."""
+    BACKBONES.get(name)  # an unknown name raises UserError listing the valid ones
+    default_width, default_depth = DEFAULT_SIZES.get(name, (None, None))
+    return (default_width if width is None else width,
+            default_depth if depth is None else depth)
+
+
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise UserError(message)
@@ -100,8 +122,7 @@ def convnet(
     of a shared-CPU run): width 32 (128 features, 0.29M parameters) ~3,500-3,900 images/s; width
     48 ~1,600-1,800; width 64 ~900-1,000; all at ~95-100% of the fp32 matmul peak.
     """
-    width = 32 if width is None else width
-    depth = 3 if depth is None else depth
+    width, depth = resolve_sizes("convnet", width, depth)
     _range("width", width, 1, 4096, "convnet")
     _range("space_to_depth", space_to_depth, 1, 8, "convnet")
     _require(
@@ -124,8 +145,7 @@ def resnet(
     space_to_depth: int = 1,
 ) -> nn.Module:
     """width: channels of the first stage (default 16); depth: blocks per stage (default 3)."""
-    width = 16 if width is None else width
-    depth = 3 if depth is None else depth
+    width, depth = resolve_sizes("resnet", width, depth)
     _range("width", width, 1, 4096, "resnet")
     _range("depth", depth, 1, 50, "resnet")
     _range("space_to_depth", space_to_depth, 1, 8, "resnet")
@@ -160,7 +180,7 @@ def resnet18(
 ) -> nn.Module:
     """width: base width (default 64, stages 64-512)."""
     _fixed_depth("resnet18", depth)
-    width = 64 if width is None else width
+    width, _ = resolve_sizes("resnet18", width, None)
     _range("width", width, 1, 4096, "resnet18")
     return _resnet18(in_channels, width, zero_init_residual)
 
@@ -176,7 +196,7 @@ def resnet50(
 ) -> nn.Module:
     """width: base width (default 64, bottleneck outputs 256-2048)."""
     _fixed_depth("resnet50", depth)
-    width = 64 if width is None else width
+    width, _ = resolve_sizes("resnet50", width, None)
     _range("width", width, 1, 4096, "resnet50")
     return _resnet50(in_channels, width, zero_init_residual)
 
@@ -193,8 +213,7 @@ def wide_resnet(
     bn_momentum: float = 0.1,
 ) -> nn.Module:
     """width: widen factor k (default 2); depth: total depth 6n + 4 (default 28)."""
-    width = 2 if width is None else width
-    depth = 28 if depth is None else depth
+    width, depth = resolve_sizes("wide-resnet", width, depth)
     _range("width (widen factor)", width, 1, 64, "wide-resnet")
     _require(
         depth >= 10 and (depth - 4) % 6 == 0,
@@ -223,8 +242,7 @@ def vit(
     patch_size 0 picks the divisor of the image size nearest to size / 8 (4 for 28 and 32 px);
     heads 0 picks width / 64 when width is a multiple of 64, else 1 (3 heads for 192).
     """
-    width = 192 if width is None else width
-    depth = 6 if depth is None else depth
+    width, depth = resolve_sizes("vit", width, depth)
     patch_size = patch_size or default_patch_size(image_size)
     heads = heads or (width // 64 if width % 64 == 0 else 1)
     _range("width", width, 1, 8192, "vit")
