@@ -67,6 +67,31 @@ def test_budget_minutes_fits_the_schedule_and_stops(tmp_path):
     assert checkpoint["step"] >= 3
 
 
+def test_budget_is_refitted_when_the_pace_changes(tmp_path, monkeypatch):
+    """A fake clock: the 10 probe steps take 1 s each, later steps 0.25 s. The first fit plans
+    for 1 s steps; the refits from the average pace must stretch the run to fill the budget."""
+    from types import SimpleNamespace
+
+    from fewlabels.engine import trainer
+
+    clock = SimpleNamespace(now=0.0, steps=0)
+    monkeypatch.setattr(trainer, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+    real_step = trainer.Trainer._training_step
+
+    def timed_step(self):
+        clock.steps += 1
+        clock.now += 1.0 if clock.steps <= 10 else 0.25
+        return real_step(self)
+
+    monkeypatch.setattr(trainer.Trainer, "_training_step", timed_step)
+    assert pretrain(tmp_path / "run", "--budget-minutes", "0.5", "--warmup-epochs", "1") == 0
+    checkpoint = load_checkpoint(tmp_path / "run")
+    # 10 s of probe steps, then (0.98 * 30 - 10) / 0.25 = 77 fast steps: 87 in all; one fit
+    # from the probe alone would have stopped after 29.
+    assert checkpoint["finished"] and 84 <= checkpoint["step"] <= 88, checkpoint["step"]
+    assert checkpoint["total_steps"] == checkpoint["step"]
+
+
 def test_nan_loss_stops_with_a_clear_message(tmp_path, capsys):
     assert pretrain(tmp_path / "run", "--epochs", "1", "--lr", "1e30", "--optimizer", "sgd") == 2
     error = capsys.readouterr().err

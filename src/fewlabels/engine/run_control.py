@@ -80,12 +80,16 @@ def any_rank(fabric: Fabric, flag: bool) -> bool:
 
 
 def steps_within_budget(
-    fabric: Fabric, budget_seconds: float, elapsed: float, step: int, step_times: list[float]
+    fabric: Fabric, budget_seconds: float, elapsed: float, step: int, seconds_per_step: float
 ) -> int:
-    """Total steps that fit the budget, from the median time of the steps so far (the first
-    two, which pay start-up costs, left out); rank 0 decides for every device."""
-    typical = sorted(step_times[2:] or step_times)
-    seconds_per_step = typical[len(typical) // 2]
+    """Total steps that fit the budget at ``seconds_per_step`` from here (2% kept for the
+    final checkpoint); rank 0 decides for every device."""
     remaining = max(0.0, 0.98 * budget_seconds - elapsed)
     total = int(fabric.broadcast(step + int(remaining / seconds_per_step), src=0))
     return max(total, step + 1)
+
+
+def typical_step_seconds(step_times: list[float]) -> float:
+    """Median time of the timed steps, the first two (which pay start-up costs) left out."""
+    typical = sorted(step_times[2:] or step_times)
+    return typical[len(typical) // 2]

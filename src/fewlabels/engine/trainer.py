@@ -26,7 +26,12 @@ from fewlabels.atomic import atomic_torch_save
 from fewlabels.engine.checkpoint import FORMAT_VERSION, checkpoint_path, load_checkpoint
 from fewlabels.engine.metrics import MetricsLog, progress_bar
 from fewlabels.engine.optim import build_optimizer
-from fewlabels.engine.run_control import StopFlag, any_rank, steps_within_budget
+from fewlabels.engine.run_control import (
+    StopFlag,
+    any_rank,
+    steps_within_budget,
+    typical_step_seconds,
+)
 from fewlabels.engine.sampling import StreamSampler, step_seed
 from fewlabels.engine.schedule import warmup_cosine
 from fewlabels.errors import UserError
@@ -250,12 +255,12 @@ class Trainer:
                     bar.update(1)
                     if self.budget_seconds is not None and fitted_at_step is None:
                         step_times.append(now - step_started)
-                        if self._fit_budget(step_times, bar):
+                        if len(step_times) >= min(PROBE_STEPS, max(3, self.warmup_steps)):
+                            self._fit_budget(typical_step_seconds(step_times), bar)
                             fitted_at_step, fitted_at_elapsed = self.step, self.elapsed
                     elif self._refit_due(fitted_at_step):
-                        step_times = [(self.elapsed - fitted_at_elapsed)
-                                      / (self.step - fitted_at_step)]
-                        self._fit_budget(step_times, bar)
+                        self._fit_budget((self.elapsed - fitted_at_elapsed)
+                                         / (self.step - fitted_at_step), bar)
                     if self.step % config.log_every_steps == 0 or self.step == self.total_steps:
                         self._log(log, bar, meter, losses)
                     out_of_time = (self.budget_seconds is not None
@@ -294,18 +299,14 @@ class Trainer:
                 and self.step - fitted_at_step >= PROBE_STEPS
                 and self.elapsed < 0.9 * self.budget_seconds)
 
-    def _fit_budget(self, step_times: list[float], bar: Any) -> bool:
-        """Fix the total steps (and so the schedule) to the budget, once the probe steps
-        are timed; returns whether it did."""
-        if len(step_times) < min(PROBE_STEPS, max(3, self.warmup_steps)):
-            return False
+    def _fit_budget(self, seconds_per_step: float, bar: Any) -> None:
+        """Fix the total steps (and so the schedule) to what fits the rest of the budget."""
         assert self.budget_seconds is not None
         self.total_steps = steps_within_budget(
-            self.fabric, self.budget_seconds, self.elapsed, self.step, step_times)
+            self.fabric, self.budget_seconds, self.elapsed, self.step, seconds_per_step)
         self.learning_rates = self._schedule()
         bar.total = self.total_steps
         bar.refresh()
-        return True
 
     def _log(self, log: MetricsLog, bar: Any, meter: _Meter,
              losses: dict[str, torch.Tensor]) -> None:
