@@ -309,3 +309,12 @@ def test_cuda_images_with_cpu_or_cuda_generator():
         views = recipe(images, generator)
         assert all(v.is_cuda for v in views)
     assert math.isfinite(float(views[0].sum()))
+
+
+def test_default_view_size_is_three_quarters_rounded_down_to_a_multiple_of_four():
+    from fewlabels.augment import default_view_size
+
+    assert [default_view_size(s) for s in (28, 32, 64, 96, 224)] == [20, 24, 48, 72, 168]
+    assert default_view_size(6) == 6  # tiny images keep their size
+    assert all(default_view_size(s) % 4 == 0 and default_view_size(s) <= s
+               for s in range(8, 300))

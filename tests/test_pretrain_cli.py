@@ -43,6 +43,8 @@ def test_small_views_train_and_the_backbone_still_reads_full_size_images(tmp_pat
     views = method.make_views(Batch(unlabeled=images), torch.Generator().manual_seed(0))
     assert views.shape == (6, 1, 12, 12)
     assert method.backbone(torch.zeros(2, 1, 28, 28)).shape == (2, method.backbone.feature_dim)
+    default = build_method({**spec, "method_config": {**spec["method_config"], "view_size": 0}})
+    assert default.make_views(Batch(unlabeled=images), None).shape == (6, 1, 20, 20)
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):

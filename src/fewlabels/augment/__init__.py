@@ -48,7 +48,7 @@ from fewlabels.augment.photometric import (
     solarize,
     solarize_where,
 )
-from fewlabels.augment.recipes import EvalTransform, SimCLRViews
+from fewlabels.augment.recipes import EvalTransform, SimCLRViews, default_view_size
 
 __all__ = [
     "EvalTransform",
@@ -59,6 +59,7 @@ __all__ = [
     "blur_with_sigmas",
     "color_jitter",
     "crop_grid",
+    "default_view_size",
     "flip_where",
     "gaussian_blur",
     "gaussian_kernels",

@@ -59,6 +59,22 @@ def _check_images(images: Tensor, channels: int) -> None:
         )
 
 
+def default_view_size(image_size: int) -> int:
+    """Side of training views smaller than the images: 3/4 of ``image_size`` rounded down to a
+    multiple of 4 (20 px for 28 px images, 24 for 32, 72 for 96); images under 8 px keep
+    their size.
+
+    Random resized crops already zoom in, so views a little smaller than the test images
+    keep the apparent object size of training closer to that of testing (Touvron et al.,
+    "Fixing the train-test resolution discrepancy", NeurIPS 2019), and they cost about
+    (3/4)² of the compute. Measured on Fashion-MNIST in docs/benchmarks.md: 20 px views
+    train 2.1x faster than 28 px ones and give a better linear probe at a fixed budget.
+    """
+    if image_size < 8:
+        return image_size
+    return (3 * image_size // 4) // 4 * 4
+
+
 @dataclass(frozen=True)
 class SimCLRViews:
     """SimCLR's augmentation (Chen et al. 2020, Appendix A), ``num_views`` views per image.
