@@ -27,11 +27,19 @@ def test_demo_pretrains_then_evaluates_and_reuses_a_finished_run(tmp_path, monke
 
     # a finished run is reused: only the evaluation runs again
     calls.clear()
-    monkeypatch.setattr(demo, "load_checkpoint", lambda path: {"finished": True})
+    finished = {"finished": True, "run": {"data": {"spec": "fashion-mnist-sample"}}}
+    monkeypatch.setattr(demo, "load_checkpoint", lambda path: finished)
     monkeypatch.setattr(demo, "checkpoint_path", lambda path: tmp_path)
-    assert main(["demo", "--out", str(tmp_path / "out")]) == 0
+    assert main(["demo", "--out", str(tmp_path / "out"), "--data", "fashion-mnist-sample"]) == 0
     assert [kind for kind, _ in calls] == ["evaluate"]
     assert "reusing the finished run" in capsys.readouterr().out
+
+    # ... but never for other data: one line, status 2, the run left alone
+    calls.clear()
+    assert main(["demo", "--out", str(tmp_path / "out"), "--data", "mnist:/x"]) == 2
+    error = capsys.readouterr().err
+    assert "holds a demo run on fashion-mnist-sample, not mnist:/x" in error
+    assert error.count("\n") == 1 and calls == []
 
 
 def test_demo_data_falls_back_to_the_shipped_sample(monkeypatch, tmp_path):

@@ -9,6 +9,7 @@ from typing import Any
 from fewlabels.data.fashion_mnist import candidate_directories
 from fewlabels.data.idx import has_idx_files
 from fewlabels.engine.checkpoint import checkpoint_path, load_checkpoint
+from fewlabels.errors import UserError
 
 
 def default_demo_data() -> str:
@@ -31,6 +32,10 @@ def run_demo(args: Any) -> None:
           f"into {out}")
     if checkpoint_path(run_dir).exists():
         previous = load_checkpoint(run_dir)
+        previous_data = previous["run"]["data"]["spec"]
+        if previous_data != data:
+            raise UserError(f"{run_dir} holds a demo run on {previous_data}, not {data}; "
+                            "delete it or give another --out")
         if previous["finished"]:
             print(f"reusing the finished run in {run_dir} (delete it to pretrain again)")
         else:
