@@ -7,6 +7,7 @@ Reports, measured in one run on this machine:
   machine's peak fp32 matrix-multiply FLOP/s (a 2048x2048 matmul, the best of several).
 
     .venv/bin/python bench/simclr_step.py [--steps 20] [--batch-size 512] [--data fashion-mnist]
+        [--view-size 28]
 """
 
 from __future__ import annotations
@@ -48,18 +49,22 @@ def main() -> None:
     parser.add_argument("--backbone", default="convnet")
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--depth", type=int, default=None)
+    parser.add_argument("--view-size", type=int, default=0,
+                        help="side of the views (default 0: SimCLR's default, 3/4 of the image)")
     parser.add_argument("--json", default=None, help="append the result to this JSON-lines file")
     args = parser.parse_args()
 
     images = pretraining_images(args.data, None, "skip", None, 0)
     info = data_info(images)
-    spec = {"method": "simclr", "method_config": {},
+    spec = {"method": "simclr", "method_config": {"view_size": args.view_size},
             "backbone": backbone_spec(args.backbone, args.width, args.depth),
             "data": {"spec": args.data, "info": {**info.__dict__, "mean": list(info.mean),
                                                  "std": list(info.std)}}}
     torch.manual_seed(0)
     method = build_method(spec).to(memory_format=torch.channels_last)
-    optimizer = build_optimizer("lars", method, 0.3 * args.batch_size / 256, 1e-6)
+    recipe = SimCLR.recipe
+    optimizer = build_optimizer("lars", method, recipe.learning_rate * args.batch_size / 256,
+                                recipe.weight_decay)
     generator = torch.Generator()
 
     def views(step: int) -> torch.Tensor:
@@ -96,7 +101,7 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, "
                    f"{torch.get_num_threads()} threads, torch {torch.__version__}",
         "data": args.data, "backbone": args.backbone, "width": args.width, "depth": args.depth,
-        "batch_size": args.batch_size,
+        "batch_size": args.batch_size, "view_size": method.views.image_size,
         "backbone_parameters": sum(p.numel() for p in method.backbone.parameters()),
         "images_per_second": args.batch_size / step_time,
         "step_seconds_median": step_time,
