@@ -25,6 +25,7 @@ def test_small_run_writes_checkpoint_metrics_and_run_description(tmp_path, capsy
     assert checkpoint["finished"] and checkpoint["step"] == checkpoint["total_steps"] == 6
     assert checkpoint["run"]["method"] == "simclr"
     assert checkpoint["run"]["method_config"]["projection_dim"] == 8
+    assert checkpoint["run"]["method_config"]["view_size"] == 20  # the default, resolved
     lines = (tmp_path / "run/metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     losses = [r["loss"] for r in records if "loss" in r]

@@ -67,8 +67,8 @@ def default_view_size(image_size: int) -> int:
     Random resized crops already zoom in, so views a little smaller than the test images
     keep the apparent object size of training closer to that of testing (Touvron et al.,
     "Fixing the train-test resolution discrepancy", NeurIPS 2019), and they cost about
-    (3/4)² of the compute. Measured on Fashion-MNIST in docs/benchmarks.md: 20 px views
-    train 2.1x faster than 28 px ones and give a better linear probe at a fixed budget.
+    (3/4)² of the compute. Measured on Fashion-MNIST in docs/benchmarks.md: a step on 20 px
+    views is 1.8x faster than on 28 px ones, and the linear probe is better at a fixed budget.
     """
     if image_size < 8:
         return image_size

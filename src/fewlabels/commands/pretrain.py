@@ -98,6 +98,7 @@ def run_pretrain(args: Any) -> TrainResult:
     fabric = make_fabric(config.accelerator, config.devices, config.num_nodes, config.precision)
     torch.manual_seed(config.seed)  # the same initial weights on every device
     method = build_method(run_spec)
+    run_spec["method_config"] = method.config_dict()  # with the values the method resolved
     if fabric.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
         (out / "run.json").write_text(json.dumps(

@@ -13,6 +13,7 @@ image size for the paper's full-size views).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -72,6 +73,8 @@ class SimCLR(Method):
         view_size = config.view_size or default_view_size(data.image_size)
         if view_size != data.image_size:
             check_view_size(backbone, data.channels, view_size)
+        # Stored resolved, so a resumed run keeps its views if the default rule changes.
+        self.config = dataclasses.replace(config, view_size=view_size)
         self.views = SimCLRViews(
             image_size=view_size,
             mean=data.mean,
