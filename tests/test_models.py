@@ -60,9 +60,10 @@ def test_output_shape_is_batch_by_feature_dim(name, in_channels, image_size):
 @pytest.mark.parametrize(
     ("name", "kwargs", "feature_dim"),
     [
-        ("convnet", {}, 128),
-        ("convnet", {"width": 64, "depth": 3}, 256),
-        ("convnet", {"width": 32, "depth": 2}, 64),
+        ("convnet", {}, 512),
+        ("convnet", {"feature_dim": 0}, 128),
+        ("convnet", {"width": 64, "depth": 3, "feature_dim": 0}, 256),
+        ("convnet", {"width": 32, "depth": 2, "feature_dim": 96}, 96),
         ("resnet", {}, 64),
         ("resnet18", {}, 512),
         ("resnet50", {}, 2048),
@@ -266,6 +267,7 @@ def test_cosine_momentum_endpoints():
         ("convnet", {"depth": 9}, "depth must be between 1 and 5"),
         ("convnet", {"space_to_depth": 3}, "must divide the image size"),
         ("convnet", {"colour": 1}, "unknown option 'colour'"),
+        ("convnet", {"feature_dim": -1}, "feature_dim must be between 0 and"),
         ("resnet", {"depth": 0}, "depth must be between"),
         ("resnet18", {"depth": 34}, "fixed depth"),
         ("wide-resnet", {"depth": 27}, "6n + 4"),
@@ -299,6 +301,24 @@ def test_every_backbone_default_size_matches_the_built_network():
         explicit = build_backbone(name, in_channels=1, image_size=28, width=width, depth=depth)
         assert [p.shape for p in default.parameters()] == [p.shape for p in explicit.parameters()]
     assert backbone_spec("convnet", None, None)["width"] == 32
+    assert backbone_spec("convnet", None, None)["options"] == {"space_to_depth": 2,
+                                                              "feature_dim": 512}
+    assert backbone_spec("vit", None, None, patch_size=None, heads=4)["options"] == {
+        "patch_size": 0, "heads": 4, "mlp_ratio": 4.0, "position_embedding": "sincos"}
     assert backbone_spec("resnet18", None, None)["depth"] is None
     with pytest.raises(UserError, match="convnet"):
         backbone_spec("no-such-net", None, None)
+
+
+def test_a_spec_stored_before_an_option_existed_builds_the_network_it_was_trained_with():
+    """Specs written before the ConvNet's feature layer existed lack its option; they must
+    rebuild the 128-feature network whose weights they hold, while new specs store it."""
+    from fewlabels.methods import DataInfo
+    from fewlabels.runs import backbone_spec, make_backbone
+
+    data = DataInfo(channels=1, image_size=28, mean=(0.5,), std=(0.25,))
+    old = {"name": "convnet", "width": 32, "depth": 3, "options": {}}
+    assert make_backbone(old, data).feature_dim == 128
+    assert make_backbone(backbone_spec("convnet", None, None), data).feature_dim == 512
+    assert make_backbone(backbone_spec("convnet", None, None, feature_dim=0), data).feature_dim \
+        == 128

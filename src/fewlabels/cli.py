@@ -49,6 +49,7 @@ def _number(kind: Callable[[str], Any], low: float | None = None, high: float | 
 positive_int = _number(int, 1)
 positive_float = _number(float, 0, low_open=True)
 non_negative_float = _number(float, 0)
+non_negative_int = _number(int, 0)
 
 
 def _budgets(text: str) -> list[int | None]:
@@ -164,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="backbone depth (stages, blocks per stage or ViT blocks)")
     model.add_argument("--patch-size", type=positive_int, default=None, help="ViT patch size")
     model.add_argument("--heads", type=positive_int, default=None, help="ViT attention heads")
+    model.add_argument("--feature-dim", type=non_negative_int, default=None,
+                       help="ConvNet: channels of the 1x1 feature layer after the last stage "
+                            "(default 512; 0 = none, the last stage's channels)")
     optim = pretrain.add_argument_group("optimisation (default: the method's recipe)")
     optim.add_argument("--batch-size", type=positive_int, default=None,
                        help="global batch size over all devices")

@@ -18,7 +18,7 @@ from fewlabels.engine.checkpoint import load_checkpoint
 from fewlabels.errors import UserError
 from fewlabels.methods import METHODS, DataInfo, Method
 from fewlabels.models import build_backbone
-from fewlabels.models.backbones import resolve_sizes
+from fewlabels.models.backbones import resolve_options, resolve_sizes, stored_options
 
 
 def data_info(images: ImageSet, num_classes: int = 0) -> DataInfo:
@@ -31,16 +31,20 @@ def data_info(images: ImageSet, num_classes: int = 0) -> DataInfo:
 
 
 def backbone_spec(name: str, width: int | None, depth: int | None, **options: Any) -> dict:
-    """The stored description of a backbone; width and depth are resolved to their defaults."""
+    """The stored description of a backbone; width, depth and the options not given are
+    resolved to their defaults, so the run keeps its network if a default changes."""
     width, depth = resolve_sizes(name, width, depth)
     return {"name": name, "width": width, "depth": depth,
-            "options": {k: v for k, v in options.items() if v is not None}}
+            "options": resolve_options(name, options)}
 
 
 def make_backbone(spec: dict[str, Any], data: DataInfo) -> nn.Module:
+    """The backbone a stored spec describes (a spec older than one of its options gets the
+    value that option had then)."""
     return build_backbone(
         spec["name"], in_channels=data.channels, image_size=data.image_size,
-        width=spec.get("width"), depth=spec.get("depth"), **spec.get("options", {}),
+        width=spec.get("width"), depth=spec.get("depth"),
+        **stored_options(spec["name"], spec.get("options", {})),
     )
 
 

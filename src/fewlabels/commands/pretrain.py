@@ -82,7 +82,8 @@ def run_pretrain(args: Any) -> TrainResult:
             "method": args.method,
             "method_config": dataclasses.asdict(config),
             "backbone": backbone_spec(args.backbone, args.width, args.depth,
-                                      patch_size=args.patch_size, heads=args.heads),
+                                      patch_size=args.patch_size, heads=args.heads,
+                                      feature_dim=args.feature_dim),
             "data": {**data_spec, "info": info.__dict__ | {"mean": list(info.mean),
                                                             "std": list(info.std)}},
         }

@@ -79,6 +79,30 @@ def resolve_sizes(
             default_depth if depth is None else depth)
 
 
+def resolve_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options of backbone ``name`` (besides width and depth) with every one not given set
+    to the factory's default; options whose default is ``None`` (resolved inside the factory,
+    such as the ViT patch size) are left out unless given."""
+    parameters = inspect.signature(BACKBONES.get(name)).parameters
+    resolved = {key: parameter.default for key, parameter in parameters.items()
+                if key not in ("in_channels", "image_size", "width", "depth")
+                and parameter.default is not None}
+    return resolved | {key: value for key, value in options.items() if value is not None}
+
+
+# Options added after run specs were first stored, with the value that a stored spec lacking
+# them implies (the network as it was built then), so that older checkpoints keep loading.
+OPTIONS_BEFORE_THEY_EXISTED: dict[str, dict[str, Any]] = {
+    "convnet": {"feature_dim": 0},
+}
+
+
+def stored_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options to rebuild a stored backbone with: ``options`` plus, for the options added
+    since the spec was written, the values it was built with."""
+    return OPTIONS_BEFORE_THEY_EXISTED.get(name, {}) | options
+
+
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise UserError(message)
@@ -107,7 +131,8 @@ def _range(option: str, value: int, low: int, high: int, backbone: str) -> None:
     )
 
 
-@BACKBONES.register("convnet", "VGG-style ConvNet for 28-32 px on a CPU (space-to-depth stem)")
+@BACKBONES.register(
+    "convnet", "VGG-style ConvNet for 28-32 px on a CPU (space-to-depth stem, 512 features)")
 def convnet(
     *,
     in_channels: int,
@@ -115,12 +140,15 @@ def convnet(
     width: int | None = None,
     depth: int | None = None,
     space_to_depth: int = 2,
+    feature_dim: int = 512,
 ) -> nn.Module:
-    """width: channels of the first stage (default 32); depth: stages (default 3).
+    """width: channels of the first stage (default 32); depth: stages (default 3);
+    feature_dim: channels of the 1×1 feature layer after the last stage (0 = none).
 
-    Measured with ``bench/backbone_speed.py`` (2 cores, batch 512, 1×28×28, fwd+bwd+SGD, best
-    of a shared-CPU run): width 32 (128 features, 0.29M parameters) ~3,500-3,900 images/s; width
-    48 ~1,600-1,800; width 64 ~900-1,000; all at ~95-100% of the fp32 matmul peak.
+    Measured with ``bench/backbone_speed.py`` on machine A of docs/benchmarks.md (2 cores,
+    batch 512, 1×28×28, fwd+bwd+SGD, no feature layer): width 32 (128 features, 0.29M
+    parameters) ~3,500-3,900 images/s; width 48 ~1,600-1,800; width 64 ~900-1,000. The default
+    feature layer (512 features, 0.35M parameters) costs about 10% of a SimCLR step.
     """
     width, depth = resolve_sizes("convnet", width, depth)
     _range("width", width, 1, 4096, "convnet")
@@ -131,7 +159,8 @@ def convnet(
     )
     max_depth = math.ceil(math.log2(image_size // space_to_depth)) + 1
     _range("depth", depth, 1, max_depth, "convnet")
-    return ConvNet(in_channels, width, depth, space_to_depth)
+    _range("feature_dim", feature_dim, 0, 1 << 16, "convnet")
+    return ConvNet(in_channels, width, depth, space_to_depth, feature_dim)
 
 
 @BACKBONES.register("resnet", "small CIFAR ResNet (3 stages of BasicBlocks; ResNet-20 = 16 x 3)")
