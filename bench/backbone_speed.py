@@ -3,7 +3,9 @@
 For each backbone configuration: one training step (forward, backward, SGD step) on a batch of
 512 images of 1×28×28 in channels_last, with a linear classifier and cross-entropy on top. The
 FLOPs of a step are counted with ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and
-matrix products, forward and backward). The peak is the rate of a 2048×2048 fp32 matmul.
+matrix products, forward and backward). The peak is the rate of a 2048×2048 fp32 matmul, which
+on some CPUs is well below what oneDNN's convolutions reach (see peak.py and machine B in
+docs/benchmarks.md). The ConvNet rows other than the default are without the feature layer.
 
 The CPU may be shared with other processes, so the configurations are timed round-robin for
 ``--rounds`` rounds (each round: for every configuration, 3 matmuls for the peak, then
@@ -33,15 +35,16 @@ from fewlabels.models import build_backbone
 
 # (label, backbone name, width, depth, options, channels_last)
 CONFIGS: list[tuple[str, str, int | None, int | None, dict, bool]] = [
-    ("convnet w16 d3 no stem", "convnet", 16, 3, {"space_to_depth": 1}, True),
-    ("convnet w32 d3 no stem", "convnet", 32, 3, {"space_to_depth": 1}, True),
-    ("convnet w32 d3", "convnet", 32, 3, {}, True),
-    ("convnet w48 d3", "convnet", 48, 3, {}, True),
-    ("convnet w64 d3", "convnet", 64, 3, {}, True),
-    ("convnet w64 d3 contiguous", "convnet", 64, 3, {}, False),
-    ("convnet w64 d2", "convnet", 64, 2, {}, True),
-    ("convnet w64 d4", "convnet", 64, 4, {}, True),
-    ("convnet w96 d3", "convnet", 96, 3, {}, True),
+    ("convnet w16 d3 no stem", "convnet", 16, 3, {"space_to_depth": 1, "feature_dim": 0}, True),
+    ("convnet w32 d3 no stem", "convnet", 32, 3, {"space_to_depth": 1, "feature_dim": 0}, True),
+    ("convnet w32 d3", "convnet", 32, 3, {"feature_dim": 0}, True),
+    ("convnet w32 d3 features 512 (default)", "convnet", 32, 3, {}, True),
+    ("convnet w48 d3", "convnet", 48, 3, {"feature_dim": 0}, True),
+    ("convnet w64 d3", "convnet", 64, 3, {"feature_dim": 0}, True),
+    ("convnet w64 d3 contiguous", "convnet", 64, 3, {"feature_dim": 0}, False),
+    ("convnet w64 d2", "convnet", 64, 2, {"feature_dim": 0}, True),
+    ("convnet w64 d4", "convnet", 64, 4, {"feature_dim": 0}, True),
+    ("convnet w96 d3", "convnet", 96, 3, {"feature_dim": 0}, True),
     ("resnet w16 d3 (ResNet-20)", "resnet", 16, 3, {}, True),
     ("resnet w32 d1 space_to_depth 2", "resnet", 32, 1, {"space_to_depth": 2}, True),
     ("resnet w64 d1 space_to_depth 2", "resnet", 64, 1, {"space_to_depth": 2}, True),

@@ -4,10 +4,11 @@ Reports, measured in one run on this machine:
 - images per second of whole training steps (views + forward + backward + optimiser);
 - the share of the step spent making the two augmented views;
 - FLOP/s achieved by the step (FLOPs counted by torch's FlopCounterMode) as a fraction of the
-  machine's peak fp32 matrix-multiply FLOP/s (a 2048x2048 matmul, the best of several).
+  machine's peak fp32 matrix-multiply FLOP/s, the best of a 2048x2048 sgemm and a 3x3
+  convolution measured in the same run (see peak.py).
 
     .venv/bin/python bench/simclr_step.py [--steps 20] [--batch-size 512] [--data fashion-mnist]
-        [--view-size 28]
+        [--view-size 28] [--feature-dim 0]
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from peak import peak_flops
 from torch.utils.flop_counter import FlopCounterMode
 
 from fewlabels.commands.pretrain import pretraining_images
@@ -27,18 +29,6 @@ from fewlabels.engine.optim import build_optimizer
 from fewlabels.methods import Batch, StepInfo
 from fewlabels.methods.simclr import SimCLR
 from fewlabels.runs import backbone_spec, build_method, data_info
-
-
-def peak_matmul_flops(size: int = 2048, repeats: int = 7) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    for _ in range(2):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / min(times)
 
 
 def main() -> None:
@@ -51,13 +41,16 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=None)
     parser.add_argument("--view-size", type=int, default=0,
                         help="side of the views (default 0: SimCLR's default, 3/4 of the image)")
+    parser.add_argument("--feature-dim", type=int, default=None,
+                        help="ConvNet feature layer channels (default: the backbone's, 512)")
     parser.add_argument("--json", default=None, help="append the result to this JSON-lines file")
     args = parser.parse_args()
 
     images = pretraining_images(args.data, None, "skip", None, 0)
     info = data_info(images)
     spec = {"method": "simclr", "method_config": {"view_size": args.view_size},
-            "backbone": backbone_spec(args.backbone, args.width, args.depth),
+            "backbone": backbone_spec(args.backbone, args.width, args.depth,
+                                      feature_dim=args.feature_dim),
             "data": {"spec": args.data, "info": {**info.__dict__, "mean": list(info.mean),
                                                  "std": list(info.std)}}}
     torch.manual_seed(0)
@@ -95,12 +88,14 @@ def main() -> None:
         end = time.perf_counter()
         augment_times.append(middle - start)
         step_times.append(end - start)
-    peak = peak_matmul_flops()
+    peaks = peak_flops()
+    peak = peaks["peak"]
     step_time = statistics.median(step_times)
     result = {
         "machine": f"{platform.processor() or platform.machine()}, "
                    f"{torch.get_num_threads()} threads, torch {torch.__version__}",
         "data": args.data, "backbone": args.backbone, "width": args.width, "depth": args.depth,
+        "feature_dim": method.backbone.feature_dim,
         "batch_size": args.batch_size, "view_size": method.views.image_size,
         "backbone_parameters": sum(p.numel() for p in method.backbone.parameters()),
         "images_per_second": args.batch_size / step_time,
@@ -110,6 +105,8 @@ def main() -> None:
         "gflop_per_step": flops_per_step / 1e9,
         "achieved_gflops": flops_per_step / step_time / 1e9,
         "peak_matmul_gflops": peak / 1e9,
+        "sgemm_gflops": peaks["sgemm"] / 1e9,
+        "convolution_gflops": peaks["convolution"] / 1e9,
         "fraction_of_peak": flops_per_step / step_time / peak,
     }
     print(json.dumps(result, indent=2))
