@@ -4,7 +4,7 @@ A 2048×2048 ``torch.matmul`` runs in the BLAS (MKL in the CPU wheel) and a 3×3
 of 256 channels in channels_last runs in oneDNN; both are matrix multiplies. Which is faster
 depends on the CPU: on AMD EPYC machines MKL's sgemm can take a code path that uses half the
 vector width, so the sgemm alone can understate the peak by 2× (seen here: sgemm 225 GFLOP/s,
-the convolution 460-525 on the same two cores). The best of the two is the reference.
+the convolution 460-590 on the same two cores). The best of the two is the reference.
 """
 
 from __future__ import annotations
