@@ -45,11 +45,10 @@ def build_backbone(
     factory = BACKBONES.get(name)
     _require(in_channels >= 1, f"in_channels must be >= 1, got {in_channels}")
     _require(image_size >= 1, f"image_size must be >= 1, got {image_size}")
-    parameters = inspect.signature(factory).parameters
-    known = [p for p in parameters if p not in ("in_channels", "image_size", "width", "depth")]
+    parameters = _option_parameters(factory)
     for key, value in list(options.items()):
-        if key not in known:
-            valid = ", ".join(known) or "none"
+        if key not in parameters:
+            valid = ", ".join(parameters) or "none"
             raise UserError(f"unknown option {key!r} for backbone {name!r}; valid options: {valid}")
         options[key] = _coerce(name, key, value, parameters[key].default)
     return factory(
@@ -83,10 +82,9 @@ def resolve_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     """The options of backbone ``name`` (besides width and depth) with every one not given set
     to the factory's default; options whose default is ``None`` (resolved inside the factory,
     such as the ViT patch size) are left out unless given."""
-    parameters = inspect.signature(BACKBONES.get(name)).parameters
-    resolved = {key: parameter.default for key, parameter in parameters.items()
-                if key not in ("in_channels", "image_size", "width", "depth")
-                and parameter.default is not None}
+    resolved = {key: parameter.default
+                for key, parameter in _option_parameters(BACKBONES.get(name)).items()
+                if parameter.default is not None}
     return resolved | {key: value for key, value in options.items() if value is not None}
 
 
@@ -101,6 +99,13 @@ def stored_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     """The options to rebuild a stored backbone with: ``options`` plus, for the options added
     since the spec was written, the values it was built with."""
     return OPTIONS_BEFORE_THEY_EXISTED.get(name, {}) | options
+
+
+def _option_parameters(factory: Callable[..., nn.Module]) -> dict[str, inspect.Parameter]:
+    """A factory's keyword options besides the shared ``in_channels``, ``image_size``,
+    ``width`` and ``depth``."""
+    return {key: parameter for key, parameter in inspect.signature(factory).parameters.items()
+            if key not in ("in_channels", "image_size", "width", "depth")}
 
 
 def _require(condition: bool, message: str) -> None:
