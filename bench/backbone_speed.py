@@ -3,12 +3,13 @@
 For each backbone configuration: one training step (forward, backward, SGD step) on a batch of
 512 images of 1×28×28 in channels_last, with a linear classifier and cross-entropy on top. The
 FLOPs of a step are counted with ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and
-matrix products, forward and backward). The peak is the rate of a 2048×2048 fp32 matmul, which
-on some CPUs is well below what oneDNN's convolutions reach (see peak.py and machine B in
-docs/benchmarks.md). The ConvNet rows other than the default are without the feature layer.
+matrix products, forward and backward). The peak is the better of a 2048×2048 fp32 sgemm and
+a oneDNN 3×3 convolution (peak.py; on some CPUs the sgemm alone reaches half the convolution's
+rate, see machine B in docs/benchmarks.md). The ConvNet rows other than the default are
+without the feature layer.
 
 The CPU may be shared with other processes, so the configurations are timed round-robin for
-``--rounds`` rounds (each round: for every configuration, 3 matmuls for the peak, then
+``--rounds`` rounds (each round: for every configuration, 3 runs of each peak kernel, then
 ``--repeats`` steps after ``--warmup`` steps). Every row reports the median over all its steps
 and the best step; "% of peak" divides the median rate by the median of the peaks measured next
 to that row, "best %" the best rate by the best peak of the run. On an idle machine median and
@@ -23,11 +24,11 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from peak import peak_kernels, timings
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -51,18 +52,6 @@ CONFIGS: list[tuple[str, str, int | None, int | None, dict, bool]] = [
     ("wide-resnet 28-2", "wide-resnet", None, None, {}, True),
     ("resnet18", "resnet18", None, None, {}, True),
 ]
-
-
-def timings(fn: Callable[[], object], warmup: int, repeats: int) -> list[float]:
-    """Wall-clock seconds of ``repeats`` calls of ``fn()`` after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        seconds.append(time.perf_counter() - start)
-    return seconds
 
 
 def training_step(
@@ -108,25 +97,26 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     configs = [c for c in CONFIGS if c[0].startswith(args.only)]
 
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    matmul_flops = 2 * 2048**3
+    kernels = peak_kernels().values()
     built = {c[0]: training_step(*c[1:], batch_size=args.batch_size) for c in configs}
-    peak_times: dict[str, list[float]] = {label: [] for label in built}
+    peak_rates: dict[str, list[float]] = {label: [] for label in built}  # GFLOP/s
     step_times: dict[str, list[float]] = {label: [] for label in built}
     for _ in range(args.rounds):
         for label, (step, _, _) in built.items():
-            peak_times[label] += timings(lambda: a @ b, 1, 3)  # the peak under the same load
+            # The peak under the same load: the faster kernel at each of 3 runs.
+            per_kernel = [[flops / t / 1e9 for t in timings(run, 1, 3)] for run, flops in kernels]
+            peak_rates[label] += [max(rates) for rates in zip(*per_kernel, strict=True)]
             step_times[label] += timings(step, args.warmup, args.repeats)
-    all_peaks = [t for times in peak_times.values() for t in times]
-    peak_median = matmul_flops / statistics.median(all_peaks) / 1e9
-    peak_best = matmul_flops / min(all_peaks) / 1e9
+    all_peaks = [rate for rates in peak_rates.values() for rate in rates]
+    peak_median, peak_best = statistics.median(all_peaks), max(all_peaks)
 
     print(
         f"# torch {torch.__version__}, {platform.machine()}, {args.threads} threads, "
         f"batch {args.batch_size} x 1x28x28, fwd+bwd+SGD step, "
         f"{args.rounds} rounds x {args.repeats} steps"
     )
-    print(f"# fp32 2048² matmul peak: median {peak_median:.0f} GFLOP/s, best {peak_best:.0f}\n")
+    print(f"# fp32 peak (best of sgemm and 3x3 convolution): median {peak_median:.0f} GFLOP/s, "
+          f"best {peak_best:.0f}\n")
     print(
         "| backbone | features | GFLOP/img | img/s | GFLOP/s | % of peak "
         "| best img/s | best GFLOP/s | best % of peak |"
@@ -135,7 +125,7 @@ def main() -> None:
     for label, (_, flops, feature_dim) in built.items():
         median, best = statistics.median(step_times[label]), min(step_times[label])
         rate, best_rate = flops / median / 1e9, flops / best / 1e9
-        near_peak = matmul_flops / statistics.median(peak_times[label]) / 1e9
+        near_peak = statistics.median(peak_rates[label])
         share, best_share = 100 * rate / near_peak, 100 * best_rate / peak_best
         print(
             f"| {label} | {feature_dim} | {flops / args.batch_size / 1e9:.3f} "

@@ -15,29 +15,40 @@ from collections.abc import Callable
 import torch
 
 
-def _best_rate(run: Callable[[], object], flops: float, repeats: int) -> float:
-    for _ in range(2):  # warm-up: allocation and kernel choice
+def timings(run: Callable[[], object], warmup: int, repeats: int) -> list[float]:
+    """Wall-clock seconds of ``repeats`` calls of ``run()`` after ``warmup`` calls."""
+    for _ in range(warmup):
         run()
-    best = float("inf")
+    seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
         run()
-        best = min(best, time.perf_counter() - start)
-    return flops / best
+        seconds.append(time.perf_counter() - start)
+    return seconds
 
 
-@torch.no_grad()
-def peak_flops(repeats: int = 7) -> dict[str, float]:
-    """FLOP/s of a 2048² sgemm, of a 3×3 convolution (512 images of 256×8×8, channels_last)
-    and their maximum under ``"peak"``."""
+def peak_kernels() -> dict[str, tuple[Callable[[], object], float]]:
+    """The reference kernels, each as (a call that runs it once without autograd, its FLOPs):
+    a 2048² sgemm and a 3×3 convolution (512 images of 256×8×8, channels_last)."""
     size = 2048
     a, b = torch.randn(size, size), torch.randn(size, size)
-    sgemm = _best_rate(lambda: a @ b, 2 * size**3, repeats)
     batch, channels, side = 512, 256, 8
     images = torch.randn(batch, channels, side, side).contiguous(
         memory_format=torch.channels_last)
     conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False).to(
         memory_format=torch.channels_last)
-    conv_flops = 2 * batch * side * side * channels * channels * 9
-    convolution = _best_rate(lambda: conv(images), conv_flops, repeats)
-    return {"sgemm": sgemm, "convolution": convolution, "peak": max(sgemm, convolution)}
+
+    @torch.no_grad()
+    def convolution() -> torch.Tensor:
+        return conv(images)
+
+    return {"sgemm": (lambda: a @ b, 2 * size**3),
+            "convolution": (convolution, 2 * batch * side * side * channels * channels * 9)}
+
+
+def peak_flops(repeats: int = 7) -> dict[str, float]:
+    """The best FLOP/s of each reference kernel over ``repeats`` runs (after two warm-up runs),
+    and their maximum under ``"peak"``."""
+    rates = {name: flops / min(timings(run, 2, repeats))
+             for name, (run, flops) in peak_kernels().items()}
+    return rates | {"peak": max(rates.values())}
