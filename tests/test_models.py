@@ -318,7 +318,13 @@ def test_a_spec_stored_before_an_option_existed_builds_the_network_it_was_traine
 
     data = DataInfo(channels=1, image_size=28, mean=(0.5,), std=(0.25,))
     old = {"name": "convnet", "width": 32, "depth": 3, "options": {}}
-    assert make_backbone(old, data).feature_dim == 128
+    rebuilt = make_backbone(old, data).eval()
+    assert rebuilt.feature_dim == 128
+    torch.manual_seed(0)
+    trained_then = build_backbone("convnet", in_channels=1, image_size=28, feature_dim=0).eval()
+    rebuilt.load_state_dict(trained_then.state_dict())  # strict: the same layers and shapes
+    images = torch.randn(3, 1, 28, 28)
+    torch.testing.assert_close(rebuilt(images), trained_then(images))
     assert make_backbone(backbone_spec("convnet", None, None), data).feature_dim == 512
     assert make_backbone(backbone_spec("convnet", None, None, feature_dim=0), data).feature_dim \
         == 128
