@@ -12,8 +12,8 @@ def test_demo_pretrains_then_evaluates_and_reuses_a_finished_run(tmp_path, monke
         calls.append(("pretrain", args))
         (tmp_path / "out/simclr").mkdir(parents=True)
 
-    monkeypatch.setattr("fewlabels.commands.pretrain.run_pretrain", fake_pretrain)
-    monkeypatch.setattr("fewlabels.commands.evaluate.run_evaluate",
+    monkeypatch.setattr("fewlabels.commands.pretrain.run", fake_pretrain)
+    monkeypatch.setattr("fewlabels.commands.evaluate.run",
                         lambda args: calls.append(("evaluate", args)))
     assert main(["demo", "--out", str(tmp_path / "out"), "--minutes", "2",
                  "--data", "fashion-mnist-sample"]) == 0

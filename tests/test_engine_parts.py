@@ -2,7 +2,6 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -11,19 +10,69 @@ from fewlabels.atomic import atomic_torch_save
 from fewlabels.engine.checkpoint import load_checkpoint
 from fewlabels.engine.optim import LARS, build_optimizer, parameter_groups
 from fewlabels.engine.sampling import StreamSampler
-from fewlabels.engine.schedule import warmup_cosine
+from fewlabels.engine.schedule import Schedule, TrainingClock
 from fewlabels.errors import UserError
 
 
-def test_warmup_cosine_endpoints_and_shape():
-    schedule = warmup_cosine(1.0, 0.1, total_steps=110, warmup_steps=10)
-    assert len(schedule) == 110
-    np.testing.assert_allclose(schedule[:10], np.arange(10) / 10)
-    assert schedule[10] == pytest.approx(1.0)
-    assert schedule[-1] == pytest.approx(0.1)
-    # halfway through the decay the cosine is at the midpoint
-    assert schedule[10 + 50] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 50 / 99)))
-    assert np.all(np.diff(schedule[10:]) <= 1e-12)
+def _values(schedule, clock, steps, seconds_per_step=None):
+    values = []
+    for step in range(steps):
+        elapsed = 0.0 if seconds_per_step is None else sum(seconds_per_step[:step])
+        clock.advance(step, elapsed)
+        values.append(clock.value(schedule))
+    return values
+
+
+def test_warmup_cosine_by_epochs_endpoints_and_shape():
+    schedule = Schedule.warmup_cosine(1.0, 0.1, warmup_epochs=1)  # 10 steps per epoch
+    values = _values(schedule, TrainingClock(10, total_steps=110), 110)
+    assert values[:10] == pytest.approx([step / 10 for step in range(10)])
+    assert values[10] == pytest.approx(1.0)
+    assert values[-1] == pytest.approx(0.1)
+    # the cosine runs over the progress from the warm-up's end (10/109) to 1
+    t = (60 / 109 - 10 / 109) / (1 - 10 / 109)
+    assert values[60] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+    assert all(b <= a + 1e-12 for a, b in zip(values[10:], values[11:], strict=False))
+
+
+def test_schedule_shapes_by_hand():
+    clock = TrainingClock(4, total_steps=5)  # progress 0, 1/4, 1/2, 3/4, 1
+    assert _values(Schedule(2.0), clock, 5) == [2.0] * 5
+    assert _values(Schedule(0.0, 1.0, "linear"), clock, 5) == pytest.approx(
+        [0, 0.25, 0.5, 0.75, 1])
+    assert _values(Schedule(0.99, 1.0, "cosine"), clock, 5)[2] == pytest.approx(0.995)
+    fixmatch = _values(Schedule(1.0, shape="fixmatch"), clock, 5)
+    assert fixmatch == pytest.approx([math.cos(7 * math.pi * k / 16 / 4) for k in range(5)])
+    # DINO's teacher temperature: 0.04 -> 0.07 over one epoch (4 steps), then constant
+    temperature = _values(Schedule.warmup_constant(0.04, 0.07, 1), clock, 5)
+    assert temperature == pytest.approx([0.04, 0.0475, 0.055, 0.0625, 0.07])
+
+
+def test_budget_schedule_follows_the_time_spent_and_never_jumps():
+    """Under a budget, progress is the fraction of time spent: the value starts at its first
+    value and ends at its last however the pace changes, and is monotone."""
+    seconds = [1.0] * 10 + [0.25] * 80  # slow steps, then fast ones: 30 s in all
+    clock = TrainingClock(5, budget_seconds=30.0)
+    momentum = _values(Schedule(0.99, 1.0, "cosine"), clock, 90, seconds)
+    assert momentum[0] == 0.99
+    assert all(b >= a for a, b in zip(momentum, momentum[1:], strict=False))
+    # the last step starts 0.25 s before the end: progress 119/120, cosine all but at its end
+    assert momentum[-1] == pytest.approx(1.0 - 0.01 * (1 + math.cos(math.pi * 119 / 120)) / 2)
+    # a warm-up of one epoch (5 steps) ends where the clock was at step 5, and the cosine
+    # continues from there without a jump
+    clock = TrainingClock(5, budget_seconds=30.0)
+    rate = _values(Schedule.warmup_cosine(1.0, 0.0, 1), clock, 90, seconds)
+    assert rate[:6] == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    assert clock.warmup_ends == {5: pytest.approx(5 / 30)}
+    assert all(b <= a for a, b in zip(rate[5:], rate[6:], strict=False))
+    t = (29.75 / 30 - 5 / 30) / (1 - 5 / 30)  # the last step's place on the cosine
+    assert rate[-1] == pytest.approx((1 + math.cos(math.pi * t)) / 2) and rate[-1] < 3e-4
+    resumed = TrainingClock(5, budget_seconds=30.0)
+    resumed.load_state_dict(clock.state_dict())
+    resumed.advance(50, sum(seconds[:50]))
+    clock.advance(50, sum(seconds[:50]))
+    assert resumed.value(Schedule.warmup_cosine(1.0, 0.0, 1)) == clock.value(
+        Schedule.warmup_cosine(1.0, 0.0, 1))
 
 
 def test_sampler_is_stateless_and_covers_each_epoch_once():
@@ -52,6 +101,7 @@ def test_no_weight_decay_on_biases_and_norms():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
     decayed, plain = parameter_groups(model, weight_decay=0.1)
     assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert decayed["lars"] and not plain["lars"] and not plain["decayed"]
     assert {p.ndim for p in decayed["params"]} == {2, 4}
     assert len(plain["params"]) == 4  # conv bias, BN weight and bias, linear bias
     for name in ("lars", "sgd", "adamw"):

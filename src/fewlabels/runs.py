@@ -8,6 +8,7 @@ rebuild the model without the command line that made it.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from fewlabels.errors import UserError
 from fewlabels.methods import METHODS, DataInfo, Method
 from fewlabels.models import build_backbone
 from fewlabels.models.backbones import resolve_options, resolve_sizes, stored_options
+from fewlabels.options import from_plain, to_plain
 
 
 def data_info(images: ImageSet, num_classes: int = 0) -> DataInfo:
@@ -48,11 +50,13 @@ def make_backbone(spec: dict[str, Any], data: DataInfo) -> nn.Module:
     )
 
 
-def method_config(method_name: str, overrides: dict[str, Any]) -> Any:
-    """The method's config dataclass with the given fields overridden (``None`` = default)."""
+def method_config(method_name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The method's config as stored in a run spec: its defaults with the given fields
+    overridden (``None`` = default)."""
     config_class = METHODS.get(method_name).Config
     known = {field.name for field in dataclasses.fields(config_class)}
-    return config_class(**{k: v for k, v in overrides.items() if k in known and v is not None})
+    config = config_class(**{k: v for k, v in overrides.items() if k in known and v is not None})
+    return {k: to_plain(v) for k, v in dataclasses.asdict(config).items()}
 
 
 def build_method(run_spec: dict[str, Any]) -> Method:
@@ -60,26 +64,49 @@ def build_method(run_spec: dict[str, Any]) -> Method:
     data = DataInfo(**{k: tuple(v) if isinstance(v, list) else v
                        for k, v in run_spec["data"]["info"].items()})
     method_class = METHODS.get(run_spec["method"])
-    config = method_class.Config(**run_spec["method_config"])
+    config = from_plain(method_class.Config, run_spec["method_config"])
     return method_class(make_backbone(run_spec["backbone"], data), config, data)
 
 
-def load_pretrained(run_dir: Path | str) -> tuple[nn.Module, dict[str, Any], DataInfo]:
-    """The trained backbone of a run (eval mode), its checkpoint and its data description."""
+@dataclass
+class PretrainedRun:
+    """A trained run, loaded: the network it evaluates (eval mode), which one it is, the
+    checkpoint and the data description."""
+
+    network: nn.Module
+    representation: str
+    checkpoint: dict[str, Any]
+    data: DataInfo
+
+
+def load_method(run_dir: Path | str) -> tuple[Method, dict[str, Any]]:
+    """The method of a run with its trained weights (loaded strictly), and the checkpoint."""
     checkpoint = load_checkpoint(run_dir)
-    spec = checkpoint["run"]
     try:
-        method = build_method(spec)
+        method = build_method(checkpoint["run"])
         method.load_state_dict(checkpoint["model"])
     except (KeyError, RuntimeError, TypeError) as error:
         raise UserError(f"the checkpoint in {run_dir} does not match its method and backbone "
                         f"({type(error).__name__}); it was made by another version") from error
-    return method.backbone.eval(), checkpoint, method.data
+    return method.eval(), checkpoint
+
+
+def load_pretrained(run_dir: Path | str, representation: str | None = None) -> PretrainedRun:
+    """The network a run evaluates: ``representation`` (a name among the method's
+    ``representations()``), by default the one its run spec records (the method's
+    ``default_representation``; ``backbone`` for runs made before it was recorded)."""
+    method, checkpoint = load_method(run_dir)
+    available = method.representations()
+    name = representation or checkpoint["run"].get("representation", "backbone")
+    if name not in available:
+        raise UserError(f"{checkpoint['run']['method']} runs have no representation {name!r}; "
+                        f"choose one of: {', '.join(available)}")
+    return PretrainedRun(available[name].eval(), name, checkpoint, method.data)
 
 
 def describe(checkpoint: dict[str, Any]) -> str:
     spec = checkpoint["run"]
     backbone = spec["backbone"]
     return (f"{spec['method']} on {spec['data']['spec']}, backbone {backbone['name']}, "
-            f"step {checkpoint['step']}/{checkpoint['total_steps']}")
+            f"step {checkpoint['step']}/{checkpoint['total_steps'] or checkpoint['step']}")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fewlabels.commands.arguments import positive_float, positive_int
 from fewlabels.data.fashion_mnist import candidate_directories
 from fewlabels.data.idx import has_idx_files
 from fewlabels.engine.checkpoint import checkpoint_path, load_checkpoint
@@ -19,15 +20,29 @@ def default_demo_data() -> str:
     return "fashion-mnist" if found else "fashion-mnist-sample"
 
 
-def run_demo(args: Any) -> None:
-    from fewlabels.cli import build_parser
-    from fewlabels.commands.evaluate import run_evaluate
-    from fewlabels.commands.pretrain import run_pretrain
+def add_parser(subparsers: Any, argv: list[str]) -> None:  # noqa: ARG001
+    parser = subparsers.add_parser(
+        "demo", help="pretrain SimCLR on Fashion-MNIST for a few minutes and evaluate it",
+        description="Pretrains SimCLR on Fashion-MNIST (the full set when it is on this "
+                    "machine, else the sample inside the package), then prints the "
+                    "label-efficiency table and writes it as JSON and a PNG plot.")
+    parser.add_argument("--minutes", type=positive_float, default=3.0,
+                        help="minutes of pretraining (default 3)")
+    parser.add_argument("--out", default="fewlabels-demo",
+                        help="folder for the run, table and plot (default ./fewlabels-demo)")
+    parser.add_argument("--data", default=None,
+                        help="dataset (default: fashion-mnist if found, else "
+                             "fashion-mnist-sample)")
+    parser.add_argument("--seeds", type=positive_int, default=3,
+                        help="split seeds (default 3)")
+
+
+def run(args: Any) -> None:
+    from fewlabels.commands import evaluate, parse, pretrain
 
     out = Path(args.out)
     run_dir = out / "simclr"
     data = args.data or default_demo_data()
-    parser = build_parser()
     print(f"fewlabels demo: SimCLR on {data}, {args.minutes:g} minutes of pretraining, "
           f"into {out}")
     if checkpoint_path(run_dir).exists():
@@ -39,12 +54,12 @@ def run_demo(args: Any) -> None:
         if previous["finished"]:
             print(f"reusing the finished run in {run_dir} (delete it to pretrain again)")
         else:
-            run_pretrain(parser.parse_args(["pretrain", "--out", str(run_dir), "--resume"]))
+            pretrain.run(parse(["pretrain", "--out", str(run_dir), "--resume"]))
     else:
-        run_pretrain(parser.parse_args([
+        pretrain.run(parse([
             "pretrain", "--method", "simclr", "--data", data, "--out", str(run_dir),
             "--budget-minutes", str(args.minutes)]))
-    run_evaluate(parser.parse_args([
+    evaluate.run(parse([
         "evaluate", "--checkpoint", str(run_dir), "--data", data,
         "--labels-per-class", "1,10,100,all", "--seeds", str(args.seeds),
         "--json", str(out / "label_efficiency.json"), "--plot", str(out / "label_efficiency.png"),

@@ -8,6 +8,15 @@ from typing import Any
 
 import torch
 
+from fewlabels.commands.arguments import (
+    add_data_options,
+    budgets,
+    names,
+    non_negative_int,
+    number,
+    positive_float,
+    positive_int,
+)
 from fewlabels.data import load_dataset
 from fewlabels.data.imageset import ImageSet
 from fewlabels.data.splits import make_split
@@ -27,6 +36,54 @@ from fewlabels.report.plot import plot_label_efficiency
 from fewlabels.runs import describe, load_pretrained, make_backbone
 
 HELD_OUT_FRACTION = 0.2  # of each class, as the test part of data that has none
+
+
+def add_parser(subparsers: Any, argv: list[str]) -> None:  # noqa: ARG001
+    parser = subparsers.add_parser(
+        "evaluate", help="label-efficiency evaluation of a pretrained backbone",
+        description="kNN and linear probes on frozen features at budgets of labels per "
+                    "class, averaged over split seeds, next to raw-pixel, random-init and "
+                    "supervised-from-scratch baselines. A budget counts every label the "
+                    "protocol uses.")
+    parser.add_argument("--checkpoint", required=True,
+                        help="run folder (or checkpoint.pt) made by fewlabels pretrain")
+    parser.add_argument("--representation", default=None,
+                        help="which network of the run to evaluate, e.g. backbone or "
+                             "teacher (default: the one the run declares, as its paper does)")
+    # evaluation resizes to the size the backbone was trained at
+    add_data_options(parser, "the data the checkpoint was pretrained on", resize=False)
+    add_evaluation_options(parser)
+    parser.add_argument("--seed", type=number(int, 0), default=0,
+                        help="first split seed; seeds seed..seed+N-1 are used (default 0)")
+    parser.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                        help="device for feature extraction and the supervised baseline")
+
+
+def add_evaluation_options(parser: Any) -> None:
+    group = parser.add_argument_group("protocol")
+    group.add_argument("--protocol", type=names(["knn", "linear"]), default=["knn", "linear"],
+                       help="comma-separated protocols: knn, linear (default knn,linear)")
+    group.add_argument("--labels-per-class", type=budgets, default=[1, 10, 100, None],
+                       help="comma-separated budgets of labels per class, 'all' for every "
+                            "label (default 1,10,100,all)")
+    group.add_argument("--seeds", type=positive_int, default=3,
+                       help="split seeds to average over (default 3)")
+    group.add_argument("--validation-per-class", type=non_negative_int, default=0,
+                       help="extra labeled images per class to choose the probe's weight decay "
+                            "on, counted in the budget (default 0: cross-validation inside "
+                            "the labeled images)")
+    group.add_argument("--baselines", type=names(["raw", "random", "supervised", "none"]),
+                       default=["raw", "random", "supervised"],
+                       help="comma-separated baselines: raw (pixels), random (initialisation), "
+                            "supervised (from scratch on the same labels), or none "
+                            "(default raw,random,supervised)")
+    group.add_argument("--knn-k", type=positive_int, default=200,
+                       help="neighbours of the kNN classifier (default 200)")
+    group.add_argument("--knn-temperature", type=positive_float, default=0.1,
+                       help="temperature T of the kNN votes exp(similarity/T) (default 0.1)")
+    group.add_argument("--json", default=None,
+                       help="JSON file for the results (default RUN_DIR/evaluation.json)")
+    group.add_argument("--plot", default=None, help="also plot the results to this PNG file")
 
 
 def evaluation_device(accelerator: str) -> torch.device:
@@ -61,13 +118,14 @@ def train_and_test(spec: str, image_size: int, channels: int, on_corrupt: str
     return train, test, note
 
 
-def run_evaluate(args: Any) -> Results:
-    backbone, checkpoint, info = load_pretrained(args.checkpoint)
+def run(args: Any) -> Results:
+    pretrained = load_pretrained(args.checkpoint, getattr(args, "representation", None))
+    checkpoint, info = pretrained.checkpoint, pretrained.data
     run_dir = Path(args.checkpoint)
     run_dir = run_dir if run_dir.is_dir() else run_dir.parent
     spec = args.data or checkpoint["run"]["data"]["spec"]
     device = evaluation_device(args.accelerator)
-    _say(f"evaluating {describe(checkpoint)}")
+    _say(f"evaluating {describe(checkpoint)}, representation {pretrained.representation}")
     train, test, note = train_and_test(spec, info.image_size, info.channels, args.on_corrupt)
     _say(f"data: {spec}, {len(train)} train and {len(test)} test images ({note})")
 
@@ -77,9 +135,10 @@ def run_evaluate(args: Any) -> Results:
     method = checkpoint["run"]["method"]
     representations: dict[str, Any] = {
         method: BackboneFeatures(
-            backbone, info.mean, info.std, cache=FeatureCache(run_dir / "features"),
+            pretrained.network, info.mean, info.std, cache=FeatureCache(run_dir / "features"),
             cache_key={"checkpoint": file_digest(checkpoint_path(args.checkpoint)),
-                       "dataset": spec, "image_size": info.image_size},
+                       "dataset": spec, "image_size": info.image_size,
+                       "representation": pretrained.representation},
             device=device),
     }
     if "raw" in args.baselines:
@@ -100,6 +159,7 @@ def run_evaluate(args: Any) -> Results:
     )
     results.settings.update({"checkpoint": str(checkpoint_path(args.checkpoint)),
                              "run": checkpoint["run"], "step": checkpoint["step"],
+                             "representation": pretrained.representation,
                              "dataset": spec, "test_part": note})
     print(results.table())
     json_path = Path(args.json) if args.json else run_dir / "evaluation.json"

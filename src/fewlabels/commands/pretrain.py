@@ -2,22 +2,101 @@
 
 from __future__ import annotations
 
-import dataclasses
+import argparse
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fewlabels.cli import DEFAULT_BACKBONE, DEFAULT_DATA, DEFAULT_METHOD
+from fewlabels.commands.arguments import (
+    DEFAULT_BACKBONE,
+    DEFAULT_DATA,
+    DEFAULT_METHOD,
+    add_config_options,
+    add_data_options,
+    add_device_options,
+    given_config_values,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from fewlabels.data import load_dataset
 from fewlabels.data.imageset import ImageSet
 from fewlabels.engine.checkpoint import checkpoint_path, load_checkpoint
+from fewlabels.engine.recipe import TrainingRecipe
 from fewlabels.engine.run_control import make_fabric
-from fewlabels.engine.trainer import RESUMABLE_SETTINGS, TrainConfig, TrainResult, train
+from fewlabels.engine.trainer import TrainConfig, TrainResult, train
 from fewlabels.errors import UserError
 from fewlabels.methods import METHODS
 from fewlabels.runs import backbone_spec, build_method, data_info, method_config
+
+RECIPE = "recipe"
+METHOD = "method_option"
+
+
+def method_on_command_line(argv: list[str]) -> str:
+    """The ``--method`` of a command line, before it is parsed (it decides the options)."""
+    for position, word in enumerate(argv):
+        if word == "--method" and position + 1 < len(argv):
+            return argv[position + 1]
+        if word.startswith("--method="):
+            return word.split("=", 1)[1]
+    return DEFAULT_METHOD
+
+
+def add_parser(subparsers: Any, argv: list[str]) -> None:
+    method_name = method_on_command_line(argv) if "pretrain" in argv else DEFAULT_METHOD
+    method_class = METHODS.get(method_name) if method_name in METHODS else None
+    parser = subparsers.add_parser(
+        "pretrain", help="self-supervised pretraining of a backbone",
+        description="Pretrain a backbone with a self-supervised method; the run folder gets "
+                    "checkpoint.pt, run.json, metrics.jsonl and tensorboard/. The options "
+                    "below are those of the method given with --method (default "
+                    f"{DEFAULT_METHOD}); `fewlabels pretrain --method NAME --help` shows "
+                    "another method's.")
+    parser.add_argument("--method", default=None,
+                        help=f"method (default {DEFAULT_METHOD}; see: fewlabels list methods)")
+    parser.add_argument("--out", required=True, help="run folder to write (or resume)")
+    add_data_options(parser, DEFAULT_DATA)
+    parser.add_argument("--max-images", type=positive_int, default=None,
+                        help="pretrain on a seeded random subset of this many images")
+    length = parser.add_argument_group("length (the recipe's epochs when neither is given)")
+    length.add_argument("--budget-minutes", type=positive_float, default=None,
+                        help="wall-clock minutes of training; every schedule follows the "
+                             "fraction of the budget spent, and training stops cleanly when "
+                             "it is spent")
+    model = parser.add_argument_group("backbone")
+    model.add_argument("--backbone", default=None,
+                       help=f"backbone (default {DEFAULT_BACKBONE}; "
+                            "see: fewlabels list backbones)")
+    model.add_argument("--width", type=positive_int, default=None,
+                       help="backbone width (channels of the first stage, or ViT embedding size)")
+    model.add_argument("--depth", type=positive_int, default=None,
+                       help="backbone depth (stages, blocks per stage or ViT blocks)")
+    model.add_argument("--patch-size", type=positive_int, default=None, help="ViT patch size")
+    model.add_argument("--heads", type=positive_int, default=None, help="ViT attention heads")
+    model.add_argument("--feature-dim", type=non_negative_int, default=None,
+                       help="ConvNet: channels of the 1x1 feature layer after the last stage "
+                            "(default 512; 0 = none, the last stage's channels)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run in --out from its last checkpoint, with its "
+                          "method, data and recipe (devices and --budget-minutes may change)")
+    run.add_argument("--checkpoint-minutes", type=positive_float, default=2.0,
+                     help="minutes between checkpoints (default 2)")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress display")
+    run.add_argument("--no-collapse-monitor", action="store_true",
+                     help="keep training when the embeddings collapse (ablations)")
+    run.add_argument("--stop-after-steps", type=positive_int, default=None,
+                     help=argparse.SUPPRESS)
+    add_device_options(parser)
+    recipe = method_class.recipe if method_class is not None else TrainingRecipe()
+    add_config_options(parser, TrainingRecipe, RECIPE,
+                       f"training recipe (defaults: {method_name}'s)", defaults=recipe)
+    if method_class is not None:
+        add_config_options(parser, method_class.Config, METHOD, f"{method_name} options",
+                           rename_prefix=method_name)
 
 
 def pretraining_images(spec: str, image_size: int | None, on_corrupt: str,
@@ -36,70 +115,59 @@ def pretraining_images(spec: str, image_size: int | None, on_corrupt: str,
     return pool
 
 
-def run_pretrain(args: Any) -> TrainResult:
+def run(args: Any) -> TrainResult:
     """Build (or resume) a run from parsed arguments and train it."""
     out = Path(args.out)
+    recipe_changes = given_config_values(args, RECIPE)
     if args.resume:
         checkpoint = load_checkpoint(out)
         run_spec = checkpoint["run"]
-        _refuse_changes(args, run_spec, out)
-        train_values = checkpoint["train"]
+        _refuse_changes(args, run_spec, out, recipe_changes)
+        stored = checkpoint["train"]
+        recipe = TrainingRecipe.from_dict(stored.get("recipe", {}))
+        seed, epochs_given = stored["seed"], stored.get("epochs_given", False)
+        budget = args.budget_minutes if args.budget_minutes is not None else stored.get(
+            "budget_minutes")
         data_spec = run_spec["data"]
     else:
         args.method = args.method or DEFAULT_METHOD
         args.backbone = args.backbone or DEFAULT_BACKBONE
         args.data = args.data or DEFAULT_DATA
-        checkpoint = None
+        checkpoint = run_spec = None
         if checkpoint_path(out).exists():
             raise UserError(f"{out} already holds a run; continue it with --resume, "
                             "or choose another --out")
-        method_class = METHODS.get(args.method)
-        recipe = method_class.recipe
-        epochs = args.epochs if args.epochs is not None else (
-            None if args.budget_minutes is not None else recipe.epochs)
-        train_values = {
-            "epochs": epochs, "budget_minutes": args.budget_minutes,
-            "batch_size": args.batch_size or recipe.batch_size,
-            "optimizer": args.optimizer or recipe.optimizer,
-            "learning_rate": args.lr if args.lr is not None else recipe.learning_rate,
-            "weight_decay": args.weight_decay if args.weight_decay is not None
-            else recipe.weight_decay,
-            "warmup_epochs": args.warmup_epochs if args.warmup_epochs is not None
-            else recipe.warmup_epochs,
-            "seed": args.seed,
-        }
+        recipe = METHODS.get(args.method).recipe.replace(**recipe_changes)
+        seed, epochs_given, budget = args.seed, "epochs" in recipe_changes, args.budget_minutes
         data_spec = {"spec": args.data, "image_size": args.image_size,
                      "max_images": args.max_images, "on_corrupt": args.on_corrupt}
-        run_spec = None
 
     images = pretraining_images(data_spec["spec"], data_spec["image_size"],
-                                data_spec["on_corrupt"], data_spec["max_images"],
-                                train_values["seed"])
+                                data_spec["on_corrupt"], data_spec["max_images"], seed)
     if run_spec is None:
         info = data_info(images)
-        config = method_config(args.method, vars(args))
+        config = method_config(args.method, given_config_values(args, METHOD))
         run_spec = {
             "method": args.method,
-            "method_config": dataclasses.asdict(config),
+            "method_config": config,  # replaced by the resolved values below
             "backbone": backbone_spec(args.backbone, args.width, args.depth,
                                       patch_size=args.patch_size, heads=args.heads,
                                       feature_dim=args.feature_dim),
             "data": {**data_spec, "info": info.__dict__ | {"mean": list(info.mean),
                                                             "std": list(info.std)}},
         }
-    kept = {k: v for k, v in train_values.items() if k not in RESUMABLE_SETTINGS}
     config = TrainConfig(
-        run_dir=out, resume=args.resume, devices=args.devices, accelerator=args.accelerator,
+        run_dir=out, recipe=recipe, budget_minutes=budget, epochs_given=epochs_given,
+        seed=seed, resume=args.resume, devices=args.devices, accelerator=args.accelerator,
         num_nodes=args.num_nodes, precision=args.precision, progress=not args.no_progress,
-        checkpoint_minutes=args.checkpoint_minutes,
-        budget_minutes=args.budget_minutes if args.budget_minutes is not None
-        else train_values.get("budget_minutes"),
-        stop_after_steps=args.stop_after_steps, **kept,
+        collapse_monitor=not args.no_collapse_monitor,
+        checkpoint_minutes=args.checkpoint_minutes, stop_after_steps=args.stop_after_steps,
     )
     fabric = make_fabric(config.accelerator, config.devices, config.num_nodes, config.precision)
     torch.manual_seed(config.seed)  # the same initial weights on every device
     method = build_method(run_spec)
     run_spec["method_config"] = method.config_dict()  # with the values the method resolved
+    run_spec.setdefault("representation", method.default_representation)
     if fabric.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
         (out / "run.json").write_text(json.dumps(
@@ -119,8 +187,10 @@ def run_pretrain(args: Any) -> TrainResult:
     return result
 
 
-def _refuse_changes(args: Any, run_spec: dict[str, Any], out: Path) -> None:
-    """Resuming continues the stored run; a different method, backbone or data is refused."""
+def _refuse_changes(args: Any, run_spec: dict[str, Any], out: Path,
+                    recipe_changes: dict[str, Any]) -> None:
+    """Resuming continues the stored run; a different method, backbone, data, recipe or
+    method option is refused."""
     asked = {"method": args.method, "backbone": args.backbone, "data": args.data}
     stored = {"method": run_spec["method"], "backbone": run_spec["backbone"]["name"],
               "data": run_spec["data"]["spec"]}
@@ -128,3 +198,7 @@ def _refuse_changes(args: Any, run_spec: dict[str, Any], out: Path) -> None:
         if value is not None and value != stored[key]:
             raise UserError(f"{out} holds a {key} {stored[key]!r} run, not {value!r}; "
                             f"resume it as it is, or choose another --out")
+    changed = list(recipe_changes) + list(given_config_values(args, METHOD))
+    if changed:
+        raise UserError(f"--resume continues the stored run with its own settings; leave out "
+                        f"{', '.join('--' + name.replace('_', '-') for name in changed)}")

@@ -1,8 +1,10 @@
-"""Optimisers: parameter groups without weight decay on biases and norms, and LARS."""
+"""Optimisers: parameter groups (no weight decay on biases and norms, or on what a method
+exempts), and LARS."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -12,19 +14,40 @@ from fewlabels.errors import UserError
 OPTIMIZERS = ("lars", "sgd", "adamw")
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: matrices and conv kernels get weight decay; biases and normalisation
-    parameters (every tensor with fewer than 2 dimensions) get none and are excluded from
-    LARS adaptation, as in SimCLR and nanoGPT."""
-    decayed, plain = [], []
-    for parameter in model.parameters():
-        if not parameter.requires_grad:
-            continue
-        (decayed if parameter.ndim >= 2 else plain).append(parameter)
-    return [
-        {"params": decayed, "weight_decay": weight_decay, "lars": True},
-        {"params": plain, "weight_decay": 0.0, "lars": False},
-    ]
+@dataclass(frozen=True)
+class ParameterOptions:
+    """How the optimiser treats one parameter tensor."""
+
+    weight_decay: bool = True
+    lars: bool = True  # layer-wise trust ratio (LARS only)
+    scheduled_learning_rate: bool = True  # False: the peak learning rate throughout
+
+
+def default_parameter_options(name: str, parameter: nn.Parameter) -> ParameterOptions:
+    """Biases and normalisation parameters (fewer than 2 dimensions) get no weight decay and
+    no LARS adaptation, as in SimCLR, BYOL and nanoGPT."""
+    exempt = parameter.ndim < 2
+    return ParameterOptions(weight_decay=not exempt, lars=not exempt)
+
+
+def parameter_groups(
+    model: nn.Module, weight_decay: float,
+    options: Callable[[str, nn.Parameter], ParameterOptions] = default_parameter_options,
+) -> list[dict]:
+    """The trainable parameters of ``model`` in one group per distinct
+    :class:`ParameterOptions`. Each group records its options (``"decayed"``, ``"lars"``,
+    ``"scheduled"``) so the engine can set its learning rate and weight decay every step."""
+    groups: dict[ParameterOptions, list[nn.Parameter]] = {}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            groups.setdefault(options(name, parameter), []).append(parameter)
+    ordered = sorted(groups.items(), key=lambda item: (not item[0].weight_decay,
+                                                       not item[0].lars,
+                                                       not item[0].scheduled_learning_rate))
+    return [{"params": params, "weight_decay": weight_decay if key.weight_decay else 0.0,
+             "decayed": key.weight_decay, "lars": key.lars,
+             "scheduled": key.scheduled_learning_rate}
+            for key, params in ordered]
 
 
 class LARS(torch.optim.Optimizer):
@@ -72,14 +95,16 @@ class LARS(torch.optim.Optimizer):
 
 
 def build_optimizer(
-    name: str, model: nn.Module, lr: float, weight_decay: float
+    name: str, model_or_groups: nn.Module | list[dict], lr: float, weight_decay: float = 0.0,
+    *, momentum: float = 0.9, betas: tuple[float, float] = (0.9, 0.999),
 ) -> torch.optim.Optimizer:
-    """The optimiser ``name`` over ``model``'s parameter groups."""
-    groups = parameter_groups(model, weight_decay)
+    """The optimiser ``name`` over a model's :func:`parameter_groups` (or groups given)."""
+    groups = (parameter_groups(model_or_groups, weight_decay)
+              if isinstance(model_or_groups, nn.Module) else model_or_groups)
     if name == "lars":
-        return LARS(groups, lr=lr, momentum=0.9)
+        return LARS(groups, lr=lr, momentum=momentum)
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
+        return torch.optim.AdamW(groups, lr=lr, betas=betas)
     raise UserError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")

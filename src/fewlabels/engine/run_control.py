@@ -1,5 +1,5 @@
-"""What decides where a run happens and when it stops: Fabric set-up, precision, stop signals,
-and the number of steps that fits a wall-clock budget."""
+"""What decides where a run happens and when it stops: Fabric set-up, precision, batch norm
+across devices, stop signals, and the agreement of devices on both."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ from typing import Any
 
 import torch
 from lightning_fabric import Fabric
+from lightning_fabric.strategies import DDPStrategy
+from torch import nn
 
 from fewlabels.errors import UserError
+from fewlabels.models.global_batch_norm import convert_to_global_batch_norm
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
@@ -32,13 +35,18 @@ def device_count(devices: int | str) -> int:
 
 
 def make_fabric(accelerator: str, devices: int | str, num_nodes: int, precision: str) -> Fabric:
-    """A launched Fabric: DDP over several devices or machines, plain on one."""
+    """A launched Fabric: DDP over several devices or machines, plain on one.
+
+    DDP does not broadcast buffers at every forward: queues, centres and memory banks are
+    updated identically on every device from gathered values (a broadcast of a memory bank at
+    every step would cost more than the step), and batch-norm statistics are global where the
+    method asks for global batch norm."""
     processes = device_count(devices) * num_nodes
     try:
         fabric = Fabric(
             accelerator=accelerator, devices=devices, num_nodes=num_nodes,
             precision=resolve_precision(precision, accelerator),
-            strategy="ddp" if processes > 1 else "auto",
+            strategy=DDPStrategy(broadcast_buffers=False) if processes > 1 else "auto",
         )
     except (ValueError, RuntimeError, TypeError) as error:
         first_line = str(error).splitlines()[0]
@@ -71,25 +79,27 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
-def any_rank(fabric: Fabric, flag: bool) -> bool:
-    """True on every device when ``flag`` is true on any."""
+def synchronized(fabric: Fabric, stop: bool, elapsed: float) -> tuple[bool, float]:
+    """Every device's view of one step's end: whether any device was asked to stop, and the
+    largest elapsed time (one all-reduce; the identity on one device)."""
     if fabric.world_size == 1:
-        return bool(flag)
-    value = torch.tensor(float(flag), device=fabric.device)
-    return bool(fabric.all_reduce(value, reduce_op="sum") > 0)
+        return bool(stop), elapsed
+    values = torch.tensor([float(stop), elapsed], dtype=torch.float64, device=fabric.device)
+    values = fabric.all_reduce(values, reduce_op="max")
+    return bool(values[0] > 0), float(values[1])
 
 
-def steps_within_budget(
-    fabric: Fabric, budget_seconds: float, elapsed: float, step: int, seconds_per_step: float
-) -> int:
-    """Total steps that fit the budget at ``seconds_per_step`` from here (2% kept for the
-    final checkpoint); rank 0 decides for every device."""
-    remaining = max(0.0, 0.98 * budget_seconds - elapsed)
-    total = int(fabric.broadcast(step + int(remaining / seconds_per_step), src=0))
-    return max(total, step + 1)
-
-
-def typical_step_seconds(step_times: list[float]) -> float:
-    """Median time of the timed steps, the first two (which pay start-up costs) left out."""
-    typical = sorted(step_times[2:] or step_times)
-    return typical[len(typical) // 2]
+def prepare_normalization(method: nn.Module, fabric: Fabric) -> tuple[nn.Module, bool]:
+    """Batch norm across devices as the method asks (``method.sync_batch_norm``): torch's
+    SyncBatchNorm on GPUs, :class:`~fewlabels.models.global_batch_norm.GlobalBatchNorm` on
+    other devices (torch's works on GPUs only); nothing on one device. Returns the method and
+    whether it has convolutions (which then run channels_last)."""
+    if fabric.world_size > 1 and getattr(method, "sync_batch_norm", True):
+        if fabric.device.type == "cuda":
+            method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+        else:
+            method = convert_to_global_batch_norm(method)
+    channels_last = any(isinstance(m, nn.Conv2d) for m in method.modules())
+    if channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    return method, channels_last

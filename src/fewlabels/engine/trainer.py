@@ -1,10 +1,13 @@
 """The training loop: one code path for the CPU, one GPU and many (Lightning Fabric).
 
-Per step: take this device's slice of the global batch (stateless sampling), augment it on
-the device with a generator seeded for (seed, step, device), compute the method's loss, step
-the optimiser with the precomputed learning rate, let the method update its teachers, log,
-and checkpoint atomically every few minutes. A NaN loss stops the run with a clear message;
-Ctrl-C or SIGTERM saves a checkpoint first; ``resume`` continues exactly where it stopped.
+Per step: set the clock (step and progress) and read every schedule from it, take this
+device's slice of the global batch (stateless sampling) with the images' dataset indices,
+augment it on the device with a generator seeded for (seed, step, device), compute the
+method's loss, backward, unscale and clip the gradients, let the method adjust them, step the
+optimiser, let the method update its teachers and queues, log, watch for collapse, and
+checkpoint atomically every few minutes. A NaN loss or a collapsed representation stops the run
+with a clear message; Ctrl-C or SIGTERM saves a checkpoint first; ``resume`` continues exactly
+where it stopped.
 """
 
 from __future__ import annotations
@@ -16,29 +19,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from lightning_fabric import Fabric
-from torch import nn
 
 import fewlabels
 from fewlabels.atomic import atomic_torch_save
 from fewlabels.engine.checkpoint import FORMAT_VERSION, checkpoint_path, load_checkpoint
-from fewlabels.engine.metrics import MetricsLog, progress_bar
-from fewlabels.engine.optim import build_optimizer
-from fewlabels.engine.run_control import (
-    StopFlag,
-    any_rank,
-    steps_within_budget,
-    typical_step_seconds,
-)
+from fewlabels.engine.metrics import MetricsLog, Progress
+from fewlabels.engine.monitor import CollapseMonitor
+from fewlabels.engine.optim import build_optimizer, parameter_groups
+from fewlabels.engine.recipe import TrainingRecipe
+from fewlabels.engine.run_control import StopFlag, prepare_normalization, synchronized
 from fewlabels.engine.sampling import StreamSampler, step_seed
-from fewlabels.engine.schedule import warmup_cosine
+from fewlabels.engine.schedule import TrainingClock
 from fewlabels.errors import UserError
 from fewlabels.methods.base import Batch, Method, StepInfo
 
-# Steps timed to fit the schedule to a wall-clock budget (they lie within the warm-up).
-PROBE_STEPS = 10
+# Share of a time budget kept for the final checkpoint.
+BUDGET_RESERVE = 0.02
 # Settings of a run that may change when it resumes (where and how it runs, not what).
 RESUMABLE_SETTINGS = ("run_dir", "resume", "accelerator", "devices", "num_nodes", "precision",
                       "progress", "checkpoint_minutes", "budget_minutes", "stop_after_steps")
@@ -46,16 +44,17 @@ RESUMABLE_SETTINGS = ("run_dir", "resume", "accelerator", "devices", "num_nodes"
 
 @dataclass
 class TrainConfig:
-    """How to train; the method's ``recipe`` supplies the defaults the CLI starts from."""
+    """How to train: the recipe (what), and where, for how long and how to report (how).
+
+    The run's length: ``recipe.epochs``, unless ``budget_minutes`` is given without
+    ``epochs_given``, in which case the schedules follow the fraction of the budget spent.
+    With both, the schedules follow the epochs and the budget only stops the run early.
+    """
 
     run_dir: Path
-    epochs: int | None = 100  # None: the time budget decides
+    recipe: TrainingRecipe = dataclasses.field(default_factory=TrainingRecipe)
     budget_minutes: float | None = None
-    batch_size: int = 512  # global, over all devices
-    optimizer: str = "lars"
-    learning_rate: float = 0.3  # for 256 images; scaled by batch_size / 256
-    weight_decay: float = 1e-6
-    warmup_epochs: float = 1.0
+    epochs_given: bool = False
     seed: int = 0
     accelerator: str = "auto"
     devices: int | str = 1
@@ -66,11 +65,17 @@ class TrainConfig:
     log_every_steps: int = 10
     progress: bool = True
     tensorboard: bool = True
+    collapse_monitor: bool = True
     stop_after_steps: int | None = None  # stop as if interrupted (tests, benchmarks)
 
+    @property
+    def by_budget(self) -> bool:
+        return self.budget_minutes is not None and not self.epochs_given
+
     def to_dict(self) -> dict[str, Any]:
-        values = dataclasses.asdict(self)
+        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
         values["run_dir"] = str(self.run_dir)
+        values["recipe"] = self.recipe.to_dict()
         return values
 
 
@@ -130,90 +135,98 @@ class _Meter:
 
 
 class Trainer:
-    """One run: set-up (devices, optimiser, resume), the loop, checkpoints and logs."""
+    """One run: set-up (devices, optimiser, schedules, resume), the loop, checkpoints, logs."""
 
     def __init__(self, method: Method, images: torch.Tensor, config: TrainConfig,
                  run_spec: dict[str, Any], fabric: Fabric,
                  checkpoint: dict[str, Any] | None = None) -> None:
         self.config, self.run_spec, self.fabric = config, run_spec, fabric
+        self.recipe = recipe = config.recipe
         self.run_dir = Path(config.run_dir)
         self.world, self.rank = fabric.world_size, fabric.global_rank
-        if config.batch_size % self.world:
-            raise UserError(f"batch size {config.batch_size} must be divisible by the "
+        if recipe.batch_size % self.world:
+            raise UserError(f"batch size {recipe.batch_size} must be divisible by the "
                             f"{self.world} devices; pass a multiple of {self.world} to "
                             "--batch-size")
-        self.sampler = StreamSampler(len(images), config.batch_size, config.seed)
+        self.sampler = StreamSampler(len(images), recipe.batch_size, config.seed)
         self.steps_per_epoch = self.sampler.steps_per_epoch
-        self.warmup_steps = round(config.warmup_epochs * self.steps_per_epoch)
-        self.peak_learning_rate = config.learning_rate * config.batch_size / 256
-        self.budget_seconds = None if config.budget_minutes is None else 60 * config.budget_minutes
+        self.budget_seconds = (None if config.budget_minutes is None
+                               else 60 * config.budget_minutes * (1 - BUDGET_RESERVE))
+        self.total_steps = None if config.by_budget else recipe.epochs * self.steps_per_epoch
+        self.clock = TrainingClock(self.steps_per_epoch, self.total_steps,
+                                   self.budget_seconds if config.by_budget else None)
+        self.schedules = {"learning_rate": recipe.learning_rate_schedule(),
+                          "weight_decay": recipe.weight_decay_schedule(), **method.schedules()}
+        self.warmup_steps = self.schedules["learning_rate"].warmup_steps(self.steps_per_epoch)
 
         checkpoint = self._checkpoint_to_resume(checkpoint) if config.resume else None
         if checkpoint is not None:
             method.load_state_dict(checkpoint["model"])
-        if self.world > 1 and fabric.device.type == "cuda":  # SimCLR's global batch norm
-            method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
-        self.channels_last = any(isinstance(m, nn.Conv2d) for m in method.modules())
-        if self.channels_last:
-            method = method.to(memory_format=torch.channels_last)
+        method, self.channels_last = prepare_normalization(method, fabric)
         self.method = method
-        optimizer = build_optimizer(config.optimizer, method, self.peak_learning_rate,
-                                    config.weight_decay)
+        groups = parameter_groups(method, recipe.weight_decay, method.parameter_options)
+        optimizer = build_optimizer(recipe.optimizer, groups, recipe.learning_rate,
+                                    momentum=recipe.momentum, betas=recipe.adamw_betas)
         self.model, self.optimizer = fabric.setup(method, optimizer)
         self.images = images.to(fabric.device)
         self.generator = torch.Generator(device=fabric.device)
+        self.monitor = CollapseMonitor()
 
-        self.step, self.elapsed_before, self.total_steps = 0, 0.0, None
+        self.step, self.elapsed_before = 0, 0.0
         if checkpoint is not None:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
             torch.set_rng_state(checkpoint["torch_rng"])
             self.step = checkpoint["step"]
             self.elapsed_before = checkpoint["elapsed_seconds"]
-            self.total_steps = checkpoint["total_steps"]
-        elif config.epochs is not None:
-            self.total_steps = config.epochs * self.steps_per_epoch
-        if self.total_steps is None and self.budget_seconds is None:
-            raise UserError("give --epochs or --budget-minutes")
-        self.learning_rates = self._schedule()
+            self.clock.load_state_dict(checkpoint.get("clock", {}))
         self.elapsed = self.elapsed_before
-
-    # -- schedule ---------------------------------------------------------------------------
-
-    def _schedule(self) -> np.ndarray:
-        """Warm-up then cosine over the total steps; while the total is not yet known (a time
-        budget), just the warm-up, whose values do not depend on the total."""
-        if self.total_steps is not None:
-            return warmup_cosine(self.peak_learning_rate, 0.0, self.total_steps, self.warmup_steps)
-        warmup = max(1, self.warmup_steps)
-        return self.peak_learning_rate * np.minimum(1.0, np.arange(PROBE_STEPS + 1) / warmup)
 
     # -- one step ---------------------------------------------------------------------------
 
-    def _training_step(self) -> tuple[dict[str, torch.Tensor], float, int]:
-        """Views, loss, backward, optimiser step; returns the losses, the seconds spent making
-        views and the images in this device's batch."""
+    def _step_info(self) -> StepInfo:
+        """Advance the clock to the current step and read every schedule."""
+        self.clock.advance(self.step, self.elapsed)
+        values = {name: self.clock.value(schedule) for name, schedule in self.schedules.items()}
+        return StepInfo(self.step, self.step // self.steps_per_epoch, self.clock.progress,
+                        self.generator, self.steps_per_epoch, values)
+
+    def _training_step(self) -> tuple[dict[str, torch.Tensor], StepInfo, float, int]:
+        """Views, loss, backward, optimiser step; returns the losses, the step's info, the
+        seconds spent making views and the images in this device's batch."""
         started = time.perf_counter()
-        step, method = self.step, self.method
-        epoch = step // self.steps_per_epoch
-        if step % self.steps_per_epoch == 0:
-            method.on_epoch_start(epoch, self.images)
-        indices = self.sampler.indices(step, self.rank, self.world).to(self.fabric.device)
-        batch = Batch(unlabeled=self.images[indices])
-        self.generator.manual_seed(step_seed(self.config.seed, step, self.rank))
+        method, info = self.method, self._step_info()
+        if self.step % self.steps_per_epoch == 0:
+            method.on_epoch_start(info.epoch, self.images)
+        indices = self.sampler.indices(self.step, self.rank, self.world).to(self.fabric.device)
+        batch = Batch(unlabeled=self.images[indices], indices=indices)
+        self.generator.manual_seed(step_seed(self.config.seed, self.step, self.rank))
         with torch.no_grad():
             inputs = method.make_views(batch, self.generator)
             if self.channels_last:
                 inputs = _to_channels_last(inputs)
         augment_seconds = time.perf_counter() - started
+        peak = self.schedules["learning_rate"].start
         for group in self.optimizer.param_groups:
-            group["lr"] = float(self.learning_rates[step])
-        info = StepInfo(step, epoch, self.total_steps or 0, self.generator)
+            group["lr"] = info.values["learning_rate"] if group["scheduled"] else peak
+            if group["decayed"]:
+                group["weight_decay"] = info.values["weight_decay"]
         losses = self.model(inputs, info)
         self.fabric.backward(losses["loss"])
+        self._unscale_gradients()
+        if self.recipe.gradient_clip > 0:
+            clip_per_tensor_(method.parameters(), self.recipe.gradient_clip)
+        method.before_optimizer_step(info)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         method.after_optimizer_step(info)
-        return losses, augment_seconds, len(indices)
+        return losses, info, augment_seconds, len(indices)
+
+    def _unscale_gradients(self) -> None:
+        """With fp16 mixed precision, divide the gradients by the loss scale before they are
+        clipped or changed (the scaler then skips its own unscaling at the step)."""
+        scaler = getattr(getattr(self.fabric, "_precision", None), "scaler", None)
+        if scaler is not None:
+            scaler.unscale_(getattr(self.optimizer, "optimizer", self.optimizer))
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -223,24 +236,19 @@ class Trainer:
                          tensorboard=config.tensorboard)
         if self.step == 0:
             log.log(0, {"event": "start", "world_size": self.world,
-                        "steps_per_epoch": self.steps_per_epoch})
-        bar = progress_bar(self.total_steps or 0, self.step,
-                           enabled=config.progress and fabric.is_global_zero)
+                        "steps_per_epoch": self.steps_per_epoch,
+                        "schedules": {k: v.to_dict() for k, v in self.schedules.items()}})
+        progress = Progress(config.progress and fabric.is_global_zero, self.total_steps,
+                            self.step)
         started = last_checkpoint = time.perf_counter()
-        first_step, meter, step_times = self.step, _Meter(), []
-        # A budget's run fits its step count after PROBE_STEPS, and again from the average
-        # pace every log interval until 90% of the budget is spent (start-up costs and a busy
-        # machine make the first estimate rough; late refits move the schedule only a little).
-        fitted_at_step = fitted_at_elapsed = None
-        if self.total_steps is not None:
-            fitted_at_step, fitted_at_elapsed = self.step, self.elapsed
+        first_step, meter = self.step, _Meter()
         last_loss, out_of_time = math.nan, False
         self.model.train()
         try:
             with StopFlag() as stop:
                 while self.total_steps is None or self.step < self.total_steps:
                     step_started = time.perf_counter()
-                    losses, augment_seconds, batch_images = self._training_step()
+                    losses, info, augment_seconds, batch_images = self._training_step()
                     last_loss = float(losses["loss"].detach())
                     if not math.isfinite(last_loss):
                         raise UserError(
@@ -249,24 +257,21 @@ class Trainer:
                             "and start again")
                     self.step += 1
                     now = time.perf_counter()
-                    self.elapsed = self.elapsed_before + (now - started)
+                    # Every device takes the slowest device's time and any device's stop
+                    # request, so schedules and stops agree everywhere.
+                    asked_to_stop, elapsed = synchronized(
+                        fabric, stop.requested or self.step == config.stop_after_steps,
+                        self.elapsed_before + (now - started))
+                    self.elapsed = elapsed
                     meter.add(last_loss, augment_seconds, now - step_started,
                               batch_images * self.world)
-                    bar.update(1)
-                    if self.budget_seconds is not None and fitted_at_step is None:
-                        step_times.append(now - step_started)
-                        if len(step_times) >= min(PROBE_STEPS, max(3, self.warmup_steps)):
-                            self._fit_budget(typical_step_seconds(step_times), bar)
-                            fitted_at_step, fitted_at_elapsed = self.step, self.elapsed
-                    elif self._refit_due(fitted_at_step):
-                        self._fit_budget((self.elapsed - fitted_at_elapsed)
-                                         / (self.step - fitted_at_step), bar)
+                    values = {"loss": last_loss}
                     if self.step % config.log_every_steps == 0 or self.step == self.total_steps:
-                        self._log(log, bar, meter, losses)
+                        values = self._log(log, meter, losses, info)
+                    progress.update(self.step, self.total_steps,
+                                    self.clock.progress_at(self.step, self.elapsed), values)
                     out_of_time = (self.budget_seconds is not None
                                    and self.elapsed >= self.budget_seconds)
-                    asked_to_stop = any_rank(
-                        fabric, stop.requested or self.step == config.stop_after_steps)
                     if (out_of_time or asked_to_stop
                             or now - last_checkpoint > 60 * config.checkpoint_minutes):
                         self._save(finished=False)
@@ -281,41 +286,35 @@ class Trainer:
             log.log(self.step, {"event": "end", "finished": finished,
                                 "elapsed_seconds": self.elapsed})
         finally:
-            bar.close()
+            progress.close()
             log.close()
         seconds = time.perf_counter() - started
         return TrainResult(
             step=self.step, total_steps=self.total_steps or self.step, finished=finished,
             elapsed_seconds=self.elapsed,
-            images_per_second=(self.step - first_step) * config.batch_size / max(seconds, 1e-9),
+            images_per_second=(self.step - first_step) * self.recipe.batch_size
+            / max(seconds, 1e-9),
             augment_fraction=meter.run_augment / max(meter.run_seconds, 1e-9),
             last_loss=last_loss,
         )
 
-    def _refit_due(self, fitted_at_step: int | None) -> bool:
-        return (self.budget_seconds is not None and fitted_at_step is not None
-                and self.config.epochs is None
-                and self.step % self.config.log_every_steps == 0
-                and self.step - fitted_at_step >= PROBE_STEPS
-                and self.elapsed < 0.9 * self.budget_seconds)
-
-    def _fit_budget(self, seconds_per_step: float, bar: Any) -> None:
-        """Fix the total steps (and so the schedule) to what fits the rest of the budget."""
-        assert self.budget_seconds is not None
-        self.total_steps = steps_within_budget(
-            self.fabric, self.budget_seconds, self.elapsed, self.step, seconds_per_step)
-        self.learning_rates = self._schedule()
-        bar.total = self.total_steps
-        bar.refresh()
-
-    def _log(self, log: MetricsLog, bar: Any, meter: _Meter,
-             losses: dict[str, torch.Tensor]) -> None:
-        values = {"epoch": (self.step - 1) // self.steps_per_epoch, **meter.flush(),
-                  "lr": float(self.learning_rates[self.step - 1]),
-                  "elapsed_seconds": self.elapsed}
+    def _log(self, log: MetricsLog, meter: _Meter, losses: dict[str, torch.Tensor],
+             info: StepInfo) -> dict[str, float]:
+        values = {"epoch": info.epoch, **meter.flush(), **info.values,
+                  "progress": info.progress, "elapsed_seconds": self.elapsed}
         values.update({k: float(v.detach()) for k, v in losses.items() if k != "loss"})
+        if "embedding_spread" in values and self.config.collapse_monitor:
+            spread = values["embedding_spread"]
+            if self.world > 1:
+                spread = float(self.fabric.all_reduce(torch.tensor(spread, device=self.fabric
+                                                                    .device), reduce_op="mean"))
+            if self.monitor.collapsed(spread, past_warmup=self.step > self.warmup_steps):
+                log.log(self.step, values | {"event": "collapsed"})
+                raise UserError(CollapseMonitor.message(
+                    self.run_spec.get("method", "the method"), spread, self.step,
+                    self.method.collapse_hint))
         log.log(self.step, values)
-        bar.set_postfix(loss=f"{values['loss']:.3f}", img_s=f"{values['images_per_second']:.0f}")
+        return values
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -325,7 +324,8 @@ class Trainer:
                 "format": FORMAT_VERSION, "version": fewlabels.__version__, "run": self.run_spec,
                 "train": self.config.to_dict(), "step": self.step,
                 "total_steps": self.total_steps, "finished": finished,
-                "elapsed_seconds": self.elapsed, "model": self.method.state_dict(),
+                "elapsed_seconds": self.elapsed, "clock": self.clock.state_dict(),
+                "model": self.method.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
             }, checkpoint_path(self.run_dir))
         self.fabric.barrier()
@@ -335,6 +335,9 @@ class Trainer:
             if not checkpoint_path(self.run_dir).exists():
                 raise UserError(f"nothing to resume: no checkpoint in {self.run_dir}")
             checkpoint = load_checkpoint(self.run_dir)
+        if checkpoint.get("format") != FORMAT_VERSION:
+            raise UserError(f"the run in {self.run_dir} was made by an older fewlabels; it can "
+                            "be evaluated but not resumed")
         for key in ("method", "backbone"):
             saved, asked = checkpoint["run"].get(key), self.run_spec.get(key)
             if saved != asked:
@@ -344,6 +347,19 @@ class Trainer:
         if checkpoint.get("finished"):
             raise UserError(f"the run in {self.run_dir} has finished; nothing to resume")
         return checkpoint
+
+
+@torch.no_grad()
+def clip_per_tensor_(parameters: Any, max_norm: float) -> None:
+    """Scale each parameter's gradient so its L2 norm is at most ``max_norm``, tensor by
+    tensor, as DINO's ``clip_gradients`` does (one large gradient does not shrink the
+    others, unlike a global-norm clip)."""
+    gradients = [p.grad for p in parameters if p.grad is not None]
+    if not gradients:
+        return
+    norms = torch._foreach_norm(gradients)
+    factors = [torch.clamp(max_norm / (norm + 1e-6), max=1.0) for norm in norms]
+    torch._foreach_mul_(gradients, factors)
 
 
 def _to_channels_last(inputs: Any) -> Any:

@@ -1,80 +1,100 @@
 """The contract between a method and the engine.
 
 A method names its views, builds its heads around any backbone and computes its loss for a
-batch. Everything common (optimiser, schedule, devices, checkpoints, logging) is the engine's.
-Optional hooks cover what later families need without special cases in the engine:
+batch. Everything common (optimiser, schedules, devices, checkpoints, logging, the collapse
+monitor) is the engine's. What a method may declare, each with a default that does nothing
+special:
 
-- ``after_optimizer_step``: momentum teachers (MoCo, BYOL, DINO) update here;
-- ``on_epoch_start``: work over the whole dataset (DeepCluster's k-means, SeLa's labelling);
-- buffers (queues, centres, memory banks) are registered buffers and so are checkpointed.
+- ``recipe``: its training hyperparameters (:class:`TrainingRecipe`);
+- :meth:`schedules`: hyperparameters of its own that follow a schedule (teacher momentum,
+  teacher temperature); the engine evaluates them every step into ``StepInfo.values``;
+- :meth:`parameter_options`: which parameters get no weight decay, no LARS adaptation, or a
+  learning rate that does not decay;
+- ``sync_batch_norm``: whether batch norm takes its statistics over all devices;
+- :meth:`representations` and ``default_representation``: what a run evaluates and exports;
+- :meth:`eval_mode_modules`: submodules that stay in eval mode while training (a teacher
+  whose paper runs it so);
+- hooks: :meth:`before_optimizer_step` (between backward and the step: DINO's frozen last
+  layer, SwAV's frozen prototypes), :meth:`after_optimizer_step` (momentum teachers, queues)
+  and :meth:`on_epoch_start` (work over the whole dataset);
+- state: queues, centres and memory banks are registered buffers, so checkpoints hold them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from fewlabels.engine.optim import ParameterOptions
+from fewlabels.engine.recipe import TrainingRecipe
+from fewlabels.engine.schedule import Schedule
 from fewlabels.errors import UserError
+from fewlabels.options import to_plain
+
+__all__ = ["Batch", "DataInfo", "Method", "ParameterOptions", "StepInfo", "TrainingRecipe",
+           "check_view_size", "embedding_spread"]
 
 
 @dataclass(frozen=True)
 class DataInfo:
-    """What a method may know about its data: shape and normalisation, never files."""
+    """What a method may know about its data: shape, normalisation and size, never files."""
 
     channels: int
     image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
     num_classes: int = 0
+    num_images: int = 0  # training images (memory banks); 0 in runs made before it was stored
 
 
 @dataclass
 class Batch:
-    """One training batch on the device: unlabeled uint8 images, and for semi-supervised
-    methods a labeled stream with its labels."""
+    """One training batch on the device: unlabeled uint8 images with their indices in the
+    training set (memory banks, per-image pseudo-labels), and for semi-supervised methods a
+    labeled stream with its labels."""
 
     unlabeled: torch.Tensor
+    indices: torch.Tensor | None = None
     labeled: torch.Tensor | None = None
     labels: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
 class StepInfo:
-    """Where training is: the global step (0-based), the epoch, the total steps, and a
-    generator seeded for this step and device (stateless, so resuming is exact)."""
+    """Where training is: the global step (0-based), the epoch, the progress in [0, 1] (the
+    fraction of training done, by steps or by the time budget), the scheduled values of this
+    step (``values["learning_rate"]``, ``values["teacher_momentum"]``, ...) and a generator
+    seeded for this step and device (stateless, so resuming is exact)."""
 
     step: int
     epoch: int
-    total_steps: int
+    progress: float
     generator: torch.Generator
+    steps_per_epoch: int = 1
+    values: dict[str, float] = field(default_factory=dict)
 
-    @property
-    def progress(self) -> float:
-        return self.step / max(1, self.total_steps)
-
-
-@dataclass(frozen=True)
-class TrainingRecipe:
-    """A method's default training hyper-parameters; the CLI overrides any of them."""
-
-    optimizer: str = "lars"
-    learning_rate: float = 0.3  # for a batch of 256; scaled linearly with the batch size
-    weight_decay: float = 1e-6
-    batch_size: int = 512
-    warmup_epochs: float = 1.0
-    epochs: int = 100
+    def value(self, name: str) -> float:
+        return self.values[name]
 
 
 class Method(nn.Module):
-    """Base class of every method. Subclasses set ``name``, ``Config`` and ``recipe``."""
+    """Base class of every method. Subclasses set ``name``, ``Config``, ``recipe`` and
+    ``paper``."""
 
     name: ClassVar[str]
     Config: ClassVar[type]
+    paper: ClassVar[str] = ""
     recipe: ClassVar[TrainingRecipe] = TrainingRecipe()
+    # Batch-norm statistics over all devices (SyncBatchNorm) when training on several.
+    sync_batch_norm: ClassVar[bool] = True
+    default_representation: ClassVar[str] = "backbone"
+    # What to try when the collapse monitor stops a run.
+    collapse_hint: ClassVar[str] = "lower --lr or train with a larger --batch-size"
 
     def __init__(self, backbone: nn.Module, config: Any, data: DataInfo) -> None:
         super().__init__()
@@ -82,12 +102,15 @@ class Method(nn.Module):
         self.config = config
         self.data = data
 
+    # -- what the engine asks every step -----------------------------------------------------
+
     def make_views(self, batch: Batch, generator: torch.Generator) -> Any:
         """Augment the batch on its device into the inputs ``training_loss`` takes."""
         raise NotImplementedError
 
     def training_loss(self, inputs: Any, step: StepInfo) -> dict[str, torch.Tensor]:
-        """The loss to minimise under key ``"loss"``, and any other numbers to log."""
+        """The loss to minimise under key ``"loss"``, and other numbers to log. The key
+        ``"embedding_spread"`` (see :func:`embedding_spread`) feeds the collapse monitor."""
         raise NotImplementedError
 
     def forward(self, inputs: Any, step: StepInfo) -> dict[str, torch.Tensor]:
@@ -95,14 +118,66 @@ class Method(nn.Module):
         wrap the loss computation."""
         return self.training_loss(inputs, step)
 
+    def before_optimizer_step(self, step: StepInfo) -> None:
+        """Called after backward (gradients unscaled, clipped by the recipe's
+        ``gradient_clip``) and before the optimiser step."""
+
     def after_optimizer_step(self, step: StepInfo) -> None:
         """Called after every optimiser step (momentum teachers update here)."""
 
     def on_epoch_start(self, epoch: int, images: torch.Tensor) -> None:
         """Called before each epoch with all training images (uint8, on the device)."""
 
+    # -- declarations ------------------------------------------------------------------------
+
+    def schedules(self) -> dict[str, Schedule]:
+        """Scheduled hyperparameters of the method, by name (``StepInfo.values``)."""
+        return {}
+
+    def parameter_options(self, name: str, parameter: nn.Parameter) -> ParameterOptions:
+        """Biases and normalisation parameters (tensors of fewer than 2 dimensions) get no
+        weight decay and no LARS adaptation (SimCLR, BYOL, nanoGPT), nor do parameters a
+        backbone names in ``no_weight_decay`` (a ViT's position embedding and class token)."""
+        exempt = parameter.ndim < 2 or _named_exempt(self, name)
+        return ParameterOptions(weight_decay=not exempt, lars=not exempt)
+
+    def representations(self) -> dict[str, nn.Module]:
+        """The networks a run can evaluate or export, by name; each maps images to features
+        ``[N, D]``. ``default_representation`` names the one the paper evaluates."""
+        return {"backbone": self.backbone}
+
+    def eval_mode_modules(self) -> list[nn.Module]:
+        """Submodules kept in eval mode while the method trains."""
+        return []
+
+    def train(self, mode: bool = True) -> Method:
+        super().train(mode)
+        if mode:
+            for module in self.eval_mode_modules():
+                module.eval()
+        return self
+
     def config_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.config)
+        return {k: to_plain(v) for k, v in dataclasses.asdict(self.config).items()}
+
+
+def _named_exempt(method: nn.Module, name: str) -> bool:
+    """True when ``name`` ends with a parameter its module lists in ``no_weight_decay``."""
+    module_path, _, leaf = name.rpartition(".")
+    module = method.get_submodule(module_path) if module_path else method
+    return leaf in getattr(module, "no_weight_decay", ())
+
+
+def embedding_spread(embeddings: torch.Tensor) -> torch.Tensor:
+    """How spread out a batch of embeddings is: the standard deviation across the batch of
+    the L2-normalised embeddings, averaged over dimensions and multiplied by ``sqrt(D)``.
+
+    About 1 for embeddings spread over the sphere, 0 when every image maps to the same point
+    (the collapse SimSiam's paper shows with this very statistic, Chen & He 2021, Fig. 2).
+    """
+    with torch.no_grad():
+        normalised = F.normalize(embeddings.detach().float(), dim=1)
+        return normalised.std(dim=0).mean() * normalised.shape[1] ** 0.5
 
 
 def check_view_size(backbone: nn.Module, channels: int, size: int) -> None:

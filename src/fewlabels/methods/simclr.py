@@ -14,7 +14,7 @@ image size for the paper's full-size views).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -28,14 +28,11 @@ from fewlabels.methods.base import (
     StepInfo,
     TrainingRecipe,
     check_view_size,
+    embedding_spread,
 )
 from fewlabels.methods.registry import METHODS
 from fewlabels.models.heads import ProjectionHead
-
-
-def _option(default, help_text: str):  # noqa: ANN001, ANN202
-    return field(default=default, metadata={"help": help_text})
-
+from fewlabels.options import option as _option
 
 @dataclass
 class SimCLRConfig:
@@ -58,6 +55,7 @@ class SimCLR(Method):
 
     name = "simclr"
     Config = SimCLRConfig
+    paper = "Chen, Kornblith, Norouzi, Hinton, ICML 2020"
     # The paper's LARS at 0.3 x batch / 256 is tuned for 100+ epochs; for short runs it
     # prefers larger rates (its appendix B.1). 0.6 won at a 10-minute budget (benchmarks).
     recipe = TrainingRecipe(
@@ -92,4 +90,5 @@ class SimCLR(Method):
         # One pass over both views: BatchNorm statistics over 2N, better use of the CPU.
         projections = self.projection(self.backbone(inputs))  # [2N, projection_dim]
         first, second = projections.chunk(2)
-        return {"loss": nt_xent_loss(first, second, self.config.temperature)}
+        return {"loss": nt_xent_loss(first, second, self.config.temperature),
+                "embedding_spread": embedding_spread(first)}

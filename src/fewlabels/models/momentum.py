@@ -32,15 +32,31 @@ def copy_as_teacher(module: ModuleT) -> ModuleT:
     return teacher
 
 
+BUFFER_POLICIES = ("copy", "average", "own")
+
+
 @torch.no_grad()
-def ema_update_(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+def ema_update_(teacher: nn.Module, student: nn.Module, momentum: float,
+                buffers: str = "copy") -> None:
     """In place: ``teacher = momentum·teacher + (1 - momentum)·student`` for every parameter.
 
-    Buffers (BN running statistics, counters) are copied from the student. Parameters and
-    buffers are paired in registration order, so the teacher must have the student's structure
-    (e.g. made by :func:`copy_as_teacher`). One fused ``torch._foreach_*`` call per step
-    instead of a Python loop over tensors.
+    ``buffers`` says what happens to the batch-norm running statistics and other buffers,
+    which papers treat differently:
+
+    - ``"copy"``: the teacher takes the student's buffers (a teacher in eval mode then uses the
+      student's running statistics; common in semi-supervised EMA models);
+    - ``"average"``: floating-point buffers follow the same moving average, integer ones
+      (``num_batches_tracked``) are copied;
+    - ``"own"``: left alone; the teacher keeps the statistics of its own forward passes in
+      train mode, as in MoCo's key encoder, BYOL's target and DINO's teacher, whose updates
+      touch parameters only.
+
+    Parameters and buffers are paired in registration order, so the teacher must have the
+    student's structure (e.g. made by :func:`copy_as_teacher`). One fused ``torch._foreach_*``
+    call per step instead of a Python loop over tensors.
     """
+    if buffers not in BUFFER_POLICIES:
+        raise ValueError(f"buffers must be one of {BUFFER_POLICIES}, got {buffers!r}")
     teacher_params = list(teacher.parameters())
     student_params = [p.detach() for p in student.parameters()]
     teacher_buffers = list(teacher.buffers())
@@ -50,8 +66,13 @@ def ema_update_(teacher: nn.Module, student: nn.Module, momentum: float) -> None
     if teacher_params:
         torch._foreach_mul_(teacher_params, momentum)
         torch._foreach_add_(teacher_params, student_params, alpha=1.0 - momentum)
+    if buffers == "own":
+        return
     for teacher_buffer, student_buffer in zip(teacher_buffers, student_buffers, strict=True):
-        teacher_buffer.copy_(student_buffer)
+        if buffers == "average" and teacher_buffer.is_floating_point():
+            teacher_buffer.lerp_(student_buffer, 1.0 - momentum)
+        else:
+            teacher_buffer.copy_(student_buffer)
 
 
 def cosine_momentum(step: int, total_steps: int, base: float = 0.996, final: float = 1.0) -> float:
