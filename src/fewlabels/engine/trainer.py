@@ -197,11 +197,8 @@ class Trainer:
         method, info = self.method, self._step_info()
         if self.step % self.steps_per_epoch == 0:
             method.on_epoch_start(info.epoch, self.images)
-        indices = self.sampler.indices(self.step, self.rank, self.world).to(self.fabric.device)
-        batch = Batch(unlabeled=self.images[indices], indices=indices)
-        self.generator.manual_seed(step_seed(self.config.seed, self.step, self.rank))
         with torch.no_grad():
-            inputs = method.make_views(batch, self.generator)
+            inputs, batch_images = self._make_inputs()
             if self.channels_last:
                 inputs = _to_channels_last(inputs)
         augment_seconds = time.perf_counter() - started
@@ -219,7 +216,15 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         method.after_optimizer_step(info)
-        return losses, info, augment_seconds, len(indices)
+        return losses, info, augment_seconds, batch_images
+
+    def _make_inputs(self) -> tuple[Any, int]:
+        """This device's part of the step's global batch, with the images' dataset indices,
+        augmented into the method's inputs; and the number of images."""
+        indices = self.sampler.indices(self.step, self.rank, self.world).to(self.fabric.device)
+        batch = Batch(unlabeled=self.images[indices], indices=indices)
+        self.generator.manual_seed(step_seed(self.config.seed, self.step, self.rank))
+        return self.method.make_views(batch, self.generator), len(indices)
 
     def _unscale_gradients(self) -> None:
         """With fp16 mixed precision, divide the gradients by the loss scale before they are
