@@ -19,7 +19,6 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
-from fewlabels.engine.recipe import TrainingRecipe
 from fewlabels.engine.sampling import step_seed
 from fewlabels.engine.trainer import TrainConfig, Trainer
 from fewlabels.methods import METHODS, Batch
