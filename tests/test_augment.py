@@ -318,3 +318,100 @@ def test_default_view_size_is_three_quarters_rounded_down_to_a_multiple_of_four(
     assert default_view_size(6) == 6  # tiny images keep their size
     assert all(default_view_size(s) % 4 == 0 and default_view_size(s) <= s
                for s in range(8, 300))
+
+
+# Per-image probabilities and multi-crop views ------------------------------------------------
+
+
+def test_blur_and_solarize_take_per_image_probabilities():
+    x = batch()
+    for op in (lambda x, p, g: A.gaussian_blur(x, (0.5, 1.0), 5, p, generator=g),
+               lambda x, p, g: A.solarize(x, 0.5, p, generator=g)):
+        # A tensor filled with p draws and gives exactly what the float p gives.
+        assert torch.equal(op(x, torch.full((8,), 0.5), gen(4)), op(x, 0.5, gen(4)))
+        chosen = torch.tensor([1.0, 0.0] * 4)
+        out = op(x, chosen, gen())
+        assert torch.equal(out[1::2], x[1::2])  # probability 0: untouched, exactly
+        assert all(not torch.equal(out[i], x[i]) for i in range(0, 8, 2))
+    with pytest.raises(ValueError):
+        A.solarize(x, 0.5, torch.ones(3), generator=gen())
+    with pytest.raises(ValueError):
+        A.gaussian_blur(x, (0.5, 1.0), 5, torch.full((8,), 1.5), generator=gen())
+
+
+def _multicrop(channels: int = 1, **options) -> A.MultiCropViews:
+    return A.MultiCropViews([0.3] * channels, [0.2] * channels, global_size=20, **options)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_multicrop_shapes_dtype_range_and_view_order(channels):
+    images = uint8_batch(count=5, channels=channels, size=28)
+    recipe = _multicrop(channels, local_size=12, local_views=6)
+    global_views, local_views = recipe(images, gen())
+    assert global_views.shape == (10, channels, 20, 20) and global_views.dtype == torch.float32
+    assert local_views.shape == (30, channels, 12, 12)
+    for views in (global_views, local_views):
+        unnormalised = views * 0.2 + 0.3
+        assert unnormalised.min() >= -1e-6 and unnormalised.max() <= 1 + 1e-6
+    assert recipe.num_global_views == 2 and recipe.num_views == 8
+    assert _multicrop(channels)(images, gen())[1] is None
+    # View-major: with crops of the whole image, no flip and no photometric change, every view
+    # of image i (row v*N + i) is image i resized (by the crop's bilinear sampling).
+    plain = _multicrop(channels, local_size=12, local_views=2, global_scale=(1.0, 1.0),
+                       local_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0,
+                       grayscale_p=0.0, global_blur=(0.0, 0.0), local_blur=0.0)
+    global_views, local_views = plain(images, gen())
+    whole = A.resized_crop(A.to_float(images), torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 5), 20)
+    expected = A.normalize(whole, [0.3] * channels, [0.2] * channels)
+    torch.testing.assert_close(global_views, expected.repeat(2, 1, 1, 1), atol=2e-5, rtol=0)
+    assert torch.equal(local_views[:5], local_views[5:])
+
+
+def test_multicrop_respects_per_view_blur_and_solarize_probabilities():
+    images = uint8_batch(count=16, channels=3, size=28)
+    quiet = dict(jitter_p=0.0, grayscale_p=0.0, blur_sigma=(0.05, 0.05))  # sigma 1 px at 20 px
+    none = _multicrop(3, global_blur=(0.0, 0.0), global_solarize=(0.0, 0.0), **quiet)
+    reference, _ = none(images, gen(5))
+    for option in ({"global_blur": (1.0, 0.0)}, {"global_solarize": (1.0, 0.0)}):
+        settings = {"global_blur": (0.0, 0.0), "global_solarize": (0.0, 0.0), **option}
+        views, _ = _multicrop(3, **settings, **quiet)(images, gen(5))
+        # Same seed, same crops: view 1 (p = 0) is never changed, view 0 (p = 1) always is.
+        assert torch.equal(views[16:], reference[16:]), option
+        assert all(not torch.equal(views[i], reference[i]) for i in range(16)), option
+    # The defaults (1.0, 0.1): over many images about 10 % of the second view is blurred.
+    many = uint8_batch(count=400, channels=1, size=28)
+    blurred, _ = _multicrop(1, global_solarize=(0.0, 0.0), **quiet)(many, gen(6))
+    unblurred, _ = _multicrop(1, global_blur=(0.0, 0.0), global_solarize=(0.0, 0.0),
+                              **quiet)(many, gen(6))
+    changed = (blurred != unblurred).flatten(1).any(dim=1).view(2, 400).float().mean(dim=1)
+    assert changed[0] == 1.0 and 0.05 < changed[1] < 0.15
+
+
+def test_multicrop_is_deterministic_for_a_seed_and_validates_its_options():
+    images = uint8_batch(count=4, channels=3, size=28)
+    recipe = _multicrop(3, local_size=12, local_views=3)
+    first, again, other = recipe(images, gen(7)), recipe(images, gen(7)), recipe(images, gen(8))
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert not torch.equal(first[0], other[0]) and not torch.equal(first[1], other[1])
+    assert A.MultiCropViews(**dataclasses.asdict(recipe)) == recipe
+    for bad in ({"global_blur": (1.0, 0.1, 0.5)}, {"local_views": 2}, {"blur_sigma": (0.1, 0.9)},
+                {"global_solarize": (0.0, 1.5)}, {"local_blur": -0.1}, {"global_scale": (0, 1)},
+                {"hue": 0.7}):
+        with pytest.raises(UserError):
+            _multicrop(3, **bad)
+    with pytest.raises(UserError):
+        recipe(uint8_batch(channels=1), gen())
+
+
+def test_multicrop_blur_sigma_scales_with_the_view_side():
+    recipe = _multicrop(local_size=12, local_views=2)
+    assert recipe.blur_sigma == (0.005, 0.05)
+    # sigma_max 1 px at 20 px -> kernel 2*3+1 = 7; 0.6 px at 12 px -> 2*2+1 = 5.
+    assert recipe.blur_kernel_size(20) == 7 and recipe.blur_kernel_size(12) == 5
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_multicrop_does_not_loop_over_the_batch(channels):
+    recipe = _multicrop(channels, local_size=12, local_views=4)
+    assert _ops_dispatched(lambda: recipe(uint8_batch(count=2, channels=channels), gen())) == (
+        _ops_dispatched(lambda: recipe(uint8_batch(count=32, channels=channels), gen())))

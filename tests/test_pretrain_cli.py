@@ -81,7 +81,7 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["--method", "nope"], "unknown method 'nope'; choose one of: simclr"),
+        (["--method", "nope"], "unknown method 'nope'; choose one of: "),
         (["--backbone", "nope"], "unknown backbone 'nope'; choose one of:"),
         (["--data", "nope"], "unknown dataset"),
         (["--data", "folder:/no/such/folder"], "no such file or directory"),

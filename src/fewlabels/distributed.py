@@ -58,7 +58,7 @@ def gather_with_gradient(tensor: torch.Tensor) -> torch.Tensor:
 def gather_no_gradient(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate ``tensor`` from all ranks along dim 0, without gradients (queues, k-means)."""
     if not is_distributed():
-        return tensor
+        return tensor.detach()
     parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts)

@@ -19,8 +19,10 @@ random op                   deterministic core                  module
 
 Random ops take ``generator=`` (keyword): numbers are drawn on the generator's device and
 moved to the images' device, so a CPU generator works for CUDA images and a generator on
-the images' device avoids the copy. ``to_float`` and ``normalize`` convert stored uint8
-images; ``SimCLRViews`` and ``EvalTransform`` are the recipes.
+the images' device avoids the copy. ``gaussian_blur`` and ``solarize`` also take one
+probability per image (a tensor ``p``), for recipes whose views differ in probability.
+``to_float`` and ``normalize`` convert stored uint8 images; ``SimCLRViews``,
+``MultiCropViews`` (BYOL, DINO) and ``EvalTransform`` are the recipes.
 """
 
 from fewlabels.augment.blur import blur_with_sigmas, gaussian_blur, gaussian_kernels
@@ -34,6 +36,7 @@ from fewlabels.augment.geometric import (
     resized_crop,
     sample_crop_boxes,
 )
+from fewlabels.augment.multicrop import MultiCropViews
 from fewlabels.augment.photometric import (
     adjust_brightness,
     adjust_contrast,
@@ -43,6 +46,7 @@ from fewlabels.augment.photometric import (
     hue_rotation_matrices,
     jitter_color,
     luma,
+    probability_per_image,
     random_grayscale,
     rotate_hue,
     solarize,
@@ -52,6 +56,7 @@ from fewlabels.augment.recipes import EvalTransform, SimCLRViews, default_view_s
 
 __all__ = [
     "EvalTransform",
+    "MultiCropViews",
     "SimCLRViews",
     "adjust_brightness",
     "adjust_contrast",
@@ -69,6 +74,7 @@ __all__ = [
     "jitter_color",
     "luma",
     "normalize",
+    "probability_per_image",
     "random_grayscale",
     "random_resized_crop",
     "resize",

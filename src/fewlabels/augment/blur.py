@@ -23,6 +23,7 @@ from fewlabels.augment._random import (
     draw_uniform,
     uniform_in,
 )
+from fewlabels.augment.photometric import probability_per_image
 
 
 def gaussian_kernels(sigmas: Tensor, kernel_size: int) -> Tensor:
@@ -73,21 +74,27 @@ def gaussian_blur(
     images: Tensor,
     sigma: tuple[float, float] = (0.1, 2.0),
     kernel_size: int | None = None,
-    p: float = 0.5,
+    p: float | Tensor = 0.5,
     *,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Blur each image with probability p, sigma uniform in ``sigma`` (SimCLR: (0.1, 2.0)).
 
     SimCLR (Chen et al. 2020, Appendix A) blurs ImageNet views with p = 0.5 and a kernel of
-    10 % of the image side; BYOL uses p = 1.0 on one view and 0.1 on the other.
+    10 % of the image side; BYOL uses p = 1.0 on one view and 0.1 on the other, which a
+    float tensor ``p`` of one probability per image (``[N]``) expresses for a batch of
+    several views (see ``photometric.probability_per_image``); a tensor filled with a
+    float's value draws and gives the same as that float.
     ``kernel_size=None`` covers +-3 sigma (see :func:`default_kernel_size`).
     """
     check_batch(images)
-    check_probability(p)
+    if isinstance(p, Tensor):
+        p = probability_per_image(p, images)
+    else:
+        check_probability(p)
     if not 0.0 <= sigma[0] <= sigma[1]:
         raise ValueError(f"sigma must satisfy 0 <= low <= high, got {sigma}")
-    if p == 0.0:
+    if not isinstance(p, Tensor) and p == 0.0:
         return images
     if kernel_size is None:
         kernel_size = default_kernel_size(sigma[1], tuple(images.shape[-2:]))

@@ -41,6 +41,20 @@ def luma(images: Tensor) -> Tensor:
     return gray.add_(images[:, 1:2], alpha=green).add_(images[:, 2:3], alpha=blue)
 
 
+def probability_per_image(p: Tensor, images: Tensor) -> Tensor:
+    """Check a tensor of per-image probabilities ``[N]`` and put it on the images' device.
+
+    The values are checked (in [0, 1]) only for a CPU tensor, so that a tensor already on
+    an accelerator costs no host synchronisation; a value outside acts like 0 or 1.
+    """
+    if p.shape != (images.shape[0],) or not p.is_floating_point():
+        raise ValueError(f"expected float probabilities [{images.shape[0]}] (one per image), "
+                         f"got {p.dtype} {tuple(p.shape)}")
+    if p.device.type == "cpu" and bool(((p < 0) | (p > 1)).any()):
+        raise ValueError("per-image probabilities must be in [0, 1]")
+    return p.to(images.device)
+
+
 def _per_image(values: Tensor, images: Tensor) -> Tensor:
     """A ``[N]`` parameter as ``[N, 1, 1, 1]`` in the images' dtype and device."""
     return values.to(device=images.device, dtype=images.dtype).view(-1, 1, 1, 1)
@@ -247,18 +261,25 @@ def random_grayscale(
 def solarize(
     images: Tensor,
     threshold: float = 0.5,
-    p: float = 0.2,
+    p: float | Tensor = 0.2,
     *,
     inplace: bool = False,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Solarize each image with probability p (BYOL, Grill et al. 2020: p = 0.2 on one view).
 
-    ``inplace=True`` overwrites ``images``.
+    ``p`` is one probability for all images, or a float tensor ``[N]`` of one per image
+    (multi-crop views whose probability depends on the view; see
+    :func:`probability_per_image`). Both draw the same numbers, so a tensor filled with
+    ``p`` gives what the float ``p`` gives. ``inplace=True`` overwrites ``images``.
     """
     check_batch(images)
-    check_probability(p)
-    if p == 0.0:
-        return images
-    mask = draw_mask(images.shape[0], p, generator, images.device)
+    if isinstance(p, Tensor):
+        p = probability_per_image(p, images)
+        mask = draw_uniform((images.shape[0],), generator, images.device) < p  # [N]
+    else:
+        check_probability(p)
+        if p == 0.0:
+            return images
+        mask = draw_mask(images.shape[0], p, generator, images.device)
     return solarize_where(images, mask, threshold, inplace=inplace)

@@ -1,5 +1,33 @@
 """Training objectives, usable without the engine: plain functions and small modules."""
 
-from fewlabels.losses.contrastive import nt_xent_loss
+from fewlabels.losses.contrastive import moco_batch_loss, moco_queue_loss, nt_xent_loss
+from fewlabels.losses.distillation import (
+    TeacherEntropy,
+    byol_loss,
+    dino_kl_divergence,
+    dino_loss,
+    simsiam_loss,
+    teacher_entropy,
+    updated_center,
+)
+from fewlabels.losses.instance import (
+    estimate_nce_normalizer,
+    npid_nce_loss,
+    npid_softmax_loss,
+)
 
-__all__ = ["nt_xent_loss"]
+__all__ = [
+    "TeacherEntropy",
+    "byol_loss",
+    "dino_kl_divergence",
+    "dino_loss",
+    "estimate_nce_normalizer",
+    "moco_batch_loss",
+    "moco_queue_loss",
+    "npid_nce_loss",
+    "npid_softmax_loss",
+    "nt_xent_loss",
+    "simsiam_loss",
+    "teacher_entropy",
+    "updated_center",
+]

@@ -7,7 +7,7 @@ lists the names (``fewlabels list backbones``).
 
 from fewlabels.models.backbones import BACKBONES, build_backbone
 from fewlabels.models.convnet import ConvNet
-from fewlabels.models.heads import PredictionHead, ProjectionHead, PrototypeHead
+from fewlabels.models.heads import DINOHead, PredictionHead, ProjectionHead, PrototypeHead
 from fewlabels.models.momentum import copy_as_teacher, cosine_momentum, ema_update_
 from fewlabels.models.resnet import ResNet
 from fewlabels.models.vit import VisionTransformer, sincos_position_embedding_2d
@@ -19,6 +19,7 @@ __all__ = [
     "PredictionHead",
     "ProjectionHead",
     "PrototypeHead",
+    "DINOHead",
     "ResNet",
     "VisionTransformer",
     "WideResNet",

@@ -107,3 +107,41 @@ class PrototypeHead(nn.Module):
         if self.weight_normalized:
             weight = F.normalize(weight, dim=1)
         return x @ weight.t()  # [N, num_prototypes]
+
+
+class DINOHead(nn.Module):
+    """DINO's projection head (Caron et al., ICCV 2021, §3.1 and Appendix): an MLP
+    ``in_dim -> hidden_dim -> hidden_dim -> bottleneck_dim`` with GELU (and BN when
+    ``batch_norm``), the L2-normalised bottleneck, then a weight-normalised linear layer to
+    ``out_dim`` whose weight norm is fixed to 1 (the paper's ``norm_last_layer``; here the
+    :class:`PrototypeHead` with ``weight_normalized=True``). Linear weights start from a
+    truncated normal of std 0.02, biases at 0, as in the paper's code.
+
+    Shapes: ``[N, in_dim] -> [N, out_dim]`` logits (the loss divides by its temperatures).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048,
+                 bottleneck_dim: int = 256, num_layers: int = 3,
+                 batch_norm: bool = False) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        layers: list[nn.Module] = []
+        dim = in_dim
+        for _ in range(num_layers - 1):
+            layers.append(nn.Linear(dim, hidden_dim))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(hidden_dim))
+            layers.append(nn.GELU())
+            dim = hidden_dim
+        layers.append(nn.Linear(dim, bottleneck_dim))
+        self.mlp = nn.Sequential(*layers)
+        for module in self.mlp.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+        self.last_layer = PrototypeHead(bottleneck_dim, out_dim, weight_normalized=True)
+        self.out_dim = out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last_layer(self.mlp(x))  # normalises the bottleneck: [N, out_dim]

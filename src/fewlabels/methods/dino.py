@@ -1,0 +1,183 @@
+"""DINO: self-distillation with no labels.
+
+Caron, Touvron, Misra, Jégou, Mairal, Bojanowski, Joulin, "Emerging Properties in
+Self-Supervised Vision Transformers", ICCV 2021. A student (backbone + DINO head) learns to
+predict, from every view of an image, the output distribution of a teacher on the image's
+global views. The teacher is a momentum (EMA) copy of the student whose coefficient rises on a
+cosine from ``teacher_momentum`` to ``final_teacher_momentum``; collapse is avoided by
+*centring* the teacher's logits with an EMA centre over the global batch and *sharpening* them
+with a low temperature (warmed up from ``warmup_teacher_temperature``). Multi-crop: two global
+views (blurred with probability 1.0 and 0.1, the second solarised with 0.2) that both networks
+see, and ``local_views`` small views that only the student sees. As in the paper's code, the
+last layer of the head is frozen during the first epoch(s) and the teacher runs in train mode
+with its own batch-norm statistics (its EMA touches parameters only); gradients are clipped per
+tensor (the recipe's ``gradient_clip``); the weight decay may follow a cosine (the recipe's
+``final_weight_decay``). The teacher's backbone is the representation evaluated, as in the
+paper.
+
+Differences from the paper's ImageNet recipe, for 28-32 px images and short runs on a CPU
+(docs/benchmarks.md has the runs behind them): views of 3/4 of the image side (20 px for
+Fashion-MNIST, 12 px local views), a head of 1024 hidden units, a 256-d bottleneck and 4096
+outputs instead of 2048/256/65536, and the paper's ResNet-50 recipe (SGD, constant weight
+decay) for the default ConvNet. For a ViT, the paper's ViT recipe is
+``--backbone vit --optimizer adamw --lr 0.0005 --weight-decay 0.04 --final-weight-decay 0.4
+--gradient-clip 3``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fewlabels.augment.multicrop import MultiCropViews
+from fewlabels.augment.recipes import default_view_size
+from fewlabels.engine.schedule import Schedule
+from fewlabels.losses.distillation import dino_loss, teacher_entropy, updated_center
+from fewlabels.methods.base import (
+    Batch,
+    DataInfo,
+    Method,
+    StepInfo,
+    TrainingRecipe,
+    check_view_size,
+    embedding_spread,
+)
+from fewlabels.methods.registry import METHODS
+from fewlabels.models.heads import DINOHead
+from fewlabels.models.momentum import copy_as_teacher, ema_update_
+from fewlabels.options import option
+
+
+@dataclass
+class DINOConfig:
+    out_dim: int = option(4096, "outputs of the head (K, the paper's 65536)")
+    hidden_dim: int = option(1024, "hidden units of the head's MLP")
+    bottleneck_dim: int = option(256, "the head's L2-normalised bottleneck")
+    head_batch_norm: bool = option(False, "batch norm in the head's MLP (the paper: no)")
+    student_temperature: float = option(0.1, "student temperature tau_s")
+    teacher_temperature: float = option(0.04, "teacher temperature tau_t after its warm-up")
+    warmup_teacher_temperature: float = option(
+        0.04, "teacher temperature at the start of its warm-up")
+    warmup_teacher_temperature_epochs: float = option(
+        0.0, "epochs of linear teacher-temperature warm-up (the paper: 0, or 30 of 100)")
+    teacher_momentum: float = option(
+        0.996, "EMA coefficient of the teacher at the start (0: the teacher is the student)")
+    final_teacher_momentum: float = option(1.0, "EMA coefficient at the end of the cosine")
+    centering: bool = option(True, "centre the teacher's logits (false: the collapse "
+                                   "ablation of the paper)")
+    center_momentum: float = option(0.9, "EMA coefficient of the centre")
+    freeze_last_layer_epochs: float = option(
+        1.0, "epochs during which the head's last layer gets no update")
+    global_view_size: int = option(
+        0, "side of the global views in pixels; 0: 3/4 of the image side (as SimCLR's)")
+    local_view_size: int = option(
+        0, "side of the local views; 0: 3/5 of the global side rounded to a multiple of 4")
+    local_views: int = option(6, "local views per image (0: two global views only)")
+    global_crop_scale: tuple[float, float] = option(
+        (0.4, 1.0), "area of a global crop, as a fraction of the image: min,max")
+    local_crop_scale: tuple[float, float] = option(
+        (0.05, 0.4), "area of a local crop: min,max")
+
+
+def default_local_view_size(global_size: int) -> int:
+    """3/5 of the global side rounded to a multiple of 4 (12 px for 20 px global views),
+    close to the paper's 96/224 relative to the image; at least 4."""
+    return max(4, round(0.6 * global_size / 4) * 4)
+
+
+@METHODS.register("dino", "DINO: self-distillation with a centred, sharpened momentum "
+                          "teacher and multi-crop (Caron et al. 2021)")
+class DINO(Method):
+    """DINO with multi-crop, a momentum teacher, centring and sharpening."""
+
+    name = "dino"
+    Config = DINOConfig
+    paper = "Caron et al., ICCV 2021"
+    default_representation = "teacher"
+    collapse_hint = ("keep centring on, raise --teacher-momentum towards 0.996-0.999, or "
+                     "lower --teacher-temperature")
+    # The paper's ResNet-50 recipe (SGD 0.03 per 256, weight decay 1e-4, no clipping);
+    # docs/benchmarks.md has the short-run search behind the learning rate and epochs.
+    recipe = TrainingRecipe(
+        optimizer="sgd", learning_rate=0.03, weight_decay=1e-4, batch_size=512,
+        warmup_epochs=1.0, epochs=100,
+    )
+
+    def __init__(self, backbone: nn.Module, config: DINOConfig, data: DataInfo) -> None:
+        super().__init__(backbone, config, data)
+        global_size = config.global_view_size or default_view_size(data.image_size)
+        local_size = config.local_view_size or default_local_view_size(global_size)
+        if global_size != data.image_size:
+            check_view_size(backbone, data.channels, global_size)
+        if config.local_views:
+            check_view_size(backbone, data.channels, local_size)
+        # Stored resolved, so a resumed run keeps its views if a default rule changes.
+        self.config = dataclasses.replace(config, global_view_size=global_size,
+                                          local_view_size=local_size)
+        self.views = MultiCropViews(
+            data.mean, data.std, global_size=global_size, local_size=local_size,
+            local_views=config.local_views, global_scale=config.global_crop_scale,
+            local_scale=config.local_crop_scale)
+        self.head = DINOHead(backbone.feature_dim, config.out_dim, config.hidden_dim,
+                             config.bottleneck_dim, batch_norm=config.head_batch_norm)
+        self.teacher_backbone = copy_as_teacher(backbone)
+        self.teacher_head = copy_as_teacher(self.head)
+        self.register_buffer("center", torch.zeros(config.out_dim))
+
+    # -- declarations ------------------------------------------------------------------------
+
+    def schedules(self) -> dict[str, Schedule]:
+        config = self.config
+        return {
+            "teacher_momentum": Schedule(config.teacher_momentum,
+                                         config.final_teacher_momentum, "cosine"),
+            "teacher_temperature": Schedule.warmup_constant(
+                config.warmup_teacher_temperature, config.teacher_temperature,
+                config.warmup_teacher_temperature_epochs),
+        }
+
+    def representations(self) -> dict[str, nn.Module]:
+        return {"teacher": self.teacher_backbone, "backbone": self.backbone}
+
+    # -- training ----------------------------------------------------------------------------
+
+    def make_views(self, batch: Batch, generator: torch.Generator) -> tuple:
+        return self.views(batch.unlabeled, generator)  # globals [2N, ...], locals [L*N, ...]
+
+    def _student(self, views: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(views))
+
+    def training_loss(self, inputs: tuple, step: StepInfo) -> dict[str, torch.Tensor]:
+        global_views, local_views = inputs
+        with torch.no_grad():
+            teacher_logits = self.teacher_head(self.teacher_backbone(global_views))  # [2n, K]
+        # One pass per resolution: the student sees every view.
+        student_logits = self._student(global_views)  # [2n, K]
+        if local_views is not None:
+            student_logits = torch.cat([student_logits, self._student(local_views)])
+        temperature = step.value("teacher_temperature")
+        loss = dino_loss(student_logits, teacher_logits, self.center,
+                         self.config.student_temperature, temperature,
+                         self.views.num_global_views)
+        entropy = teacher_entropy(teacher_logits, self.center, temperature)
+        if self.config.centering:  # after the loss, which used the centre of before
+            self.center.copy_(updated_center(self.center, teacher_logits,
+                                             self.config.center_momentum))
+        return {"loss": loss, "embedding_spread": embedding_spread(teacher_logits),
+                "teacher_entropy": entropy.mean, "teacher_entropy_of_mean": entropy.of_mean}
+
+    def before_optimizer_step(self, step: StepInfo) -> None:
+        """The paper freezes the head's last layer in the first epoch: its gradient is dropped
+        (so neither the update nor the weight decay moves it)."""
+        if step.step < self.config.freeze_last_layer_epochs * step.steps_per_epoch:
+            for parameter in self.head.last_layer.parameters():
+                parameter.grad = None
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: StepInfo) -> None:
+        momentum = step.value("teacher_momentum")
+        ema_update_(self.teacher_backbone, self.backbone, momentum, buffers="own")
+        ema_update_(self.teacher_head, self.head, momentum, buffers="own")
