@@ -305,6 +305,9 @@ def test_every_backbone_default_size_matches_the_built_network():
                                                               "feature_dim": 512}
     assert backbone_spec("vit", None, None, patch_size=None, heads=4)["options"] == {
         "patch_size": 0, "heads": 4, "mlp_ratio": 4.0, "position_embedding": "sincos"}
+    # with the image size, the ViT's automatic patch size and heads are stored resolved
+    assert backbone_spec("vit", 128, None, 28)["options"] == {
+        "patch_size": 4, "heads": 2, "mlp_ratio": 4.0, "position_embedding": "sincos"}
     assert backbone_spec("resnet18", None, None)["depth"] is None
     with pytest.raises(UserError, match="convnet"):
         backbone_spec("no-such-net", None, None)

@@ -32,12 +32,14 @@ def data_info(images: ImageSet, num_classes: int = 0) -> DataInfo:
     return DataInfo(images.channels, height, tuple(mean), tuple(std), num_classes)
 
 
-def backbone_spec(name: str, width: int | None, depth: int | None, **options: Any) -> dict:
+def backbone_spec(name: str, width: int | None, depth: int | None,
+                  image_size: int | None = None, **options: Any) -> dict:
     """The stored description of a backbone; width, depth and the options not given are
-    resolved to their defaults, so the run keeps its network if a default changes."""
+    resolved to their defaults (and rules, for ``image_size``), so the run keeps its network if
+    a default changes."""
     width, depth = resolve_sizes(name, width, depth)
     return {"name": name, "width": width, "depth": depth,
-            "options": resolve_options(name, options)}
+            "options": resolve_options(name, options, image_size, width)}
 
 
 def make_backbone(spec: dict[str, Any], data: DataInfo) -> nn.Module:

@@ -14,6 +14,9 @@ from fewlabels.commands.arguments import Parser
 COMMANDS = {
     "pretrain": "fewlabels.commands.pretrain",
     "evaluate": "fewlabels.commands.evaluate",
+    "export": "fewlabels.commands.export",
+    "embed": "fewlabels.commands.embed",
+    "attention": "fewlabels.commands.attention",
     "demo": "fewlabels.commands.demo",
     "list": "fewlabels.commands.listing",
 }

@@ -150,7 +150,7 @@ def run(args: Any) -> TrainResult:
         run_spec = {
             "method": args.method,
             "method_config": config,  # replaced by the resolved values below
-            "backbone": backbone_spec(args.backbone, args.width, args.depth,
+            "backbone": backbone_spec(args.backbone, args.width, args.depth, info.image_size,
                                       patch_size=args.patch_size, heads=args.heads,
                                       feature_dim=args.feature_dim),
             "data": {**data_spec, "info": info.__dict__ | {"mean": list(info.mean),

@@ -34,6 +34,7 @@ from fewlabels.methods.registry import METHODS
 from fewlabels.models.heads import ProjectionHead
 from fewlabels.options import option as _option
 
+
 @dataclass
 class SimCLRConfig:
     temperature: float = _option(0.5, "NT-Xent temperature tau")

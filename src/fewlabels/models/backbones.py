@@ -78,14 +78,22 @@ def resolve_sizes(
             default_depth if depth is None else depth)
 
 
-def resolve_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+def resolve_options(name: str, options: dict[str, Any], image_size: int | None = None,
+                    width: int | None = None) -> dict[str, Any]:
     """The options of backbone ``name`` (besides width and depth) with every one not given set
-    to the factory's default; options whose default is ``None`` (resolved inside the factory,
-    such as the ViT patch size) are left out unless given."""
+    to the factory's default; options whose default is ``None`` are left out unless given.
+    Options whose default is a rule (the ViT's patch size and heads, 0 = automatic) are
+    resolved to the values the rule gives for ``image_size`` and ``width``, so a stored spec
+    keeps its network if a rule changes."""
     resolved = {key: parameter.default
                 for key, parameter in _option_parameters(BACKBONES.get(name)).items()
                 if parameter.default is not None}
-    return resolved | {key: value for key, value in options.items() if value is not None}
+    resolved |= {key: value for key, value in options.items() if value is not None}
+    if name == "vit" and image_size is not None:
+        width = resolve_sizes(name, width, None)[0]
+        resolved["patch_size"] = resolved.get("patch_size") or default_patch_size(image_size)
+        resolved["heads"] = resolved.get("heads") or default_heads(width)
+    return resolved
 
 
 # Options added after run specs were first stored, with the value that a stored spec lacking
@@ -259,6 +267,11 @@ def wide_resnet(
     return WideResNet(in_channels, depth, width, dropout, negative_slope, bn_momentum)
 
 
+def default_heads(width: int) -> int:
+    """The ViT's heads when not given: width / 64 when width is a multiple of 64, else 1."""
+    return width // 64 if width % 64 == 0 else 1
+
+
 @BACKBONES.register("vit", "Vision Transformer (CLS token, pre-norm, sin-cos positions)")
 def vit(
     *,
@@ -278,7 +291,7 @@ def vit(
     """
     width, depth = resolve_sizes("vit", width, depth)
     patch_size = patch_size or default_patch_size(image_size)
-    heads = heads or (width // 64 if width % 64 == 0 else 1)
+    heads = heads or default_heads(width)
     _range("width", width, 1, 8192, "vit")
     _range("depth", depth, 1, 64, "vit")
     _range("heads", heads, 1, width, "vit")

@@ -95,6 +95,9 @@ class Block(nn.Module):
 class VisionTransformer(nn.Module):
     """ViT encoder returning the CLS feature ``[N, embed_dim]``; see the module docstring.
 
+    ``no_weight_decay`` names the parameters that optimisers leave undecayed (the class token
+    and a learned position table, as in MAE and timm).
+
     Args:
         image_size: side of the (square) training images; the position table is built for it.
         in_channels: channels of the input images.
@@ -105,6 +108,8 @@ class VisionTransformer(nn.Module):
         mlp_ratio: hidden width of the MLP relative to ``embed_dim``.
         position_embedding: ``"sincos"`` (fixed) or ``"learned"``.
     """
+
+    no_weight_decay = ("cls_token", "position_embedding")
 
     def __init__(
         self,
