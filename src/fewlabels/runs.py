@@ -24,12 +24,12 @@ from fewlabels.options import from_plain, to_plain
 
 
 def data_info(images: ImageSet, num_classes: int = 0) -> DataInfo:
-    """Shape and normalisation statistics of the training images."""
+    """Shape, normalisation statistics and number of the training images."""
     mean, std = images.channel_mean_std()
     height, width = images.image_size
     if height != width:
         raise UserError(f"images must be square, got {height}x{width}; resize them first")
-    return DataInfo(images.channels, height, tuple(mean), tuple(std), num_classes)
+    return DataInfo(images.channels, height, tuple(mean), tuple(std), num_classes, len(images))
 
 
 def backbone_spec(name: str, width: int | None, depth: int | None,
