@@ -78,7 +78,8 @@ def main() -> None:
     groups = parameter_groups(method, recipe.weight_decay, method.parameter_options)
     optimizer = build_optimizer(recipe.optimizer, groups,
                                 recipe.learning_rate * args.batch_size / 256,
-                                momentum=recipe.momentum, betas=recipe.adamw_betas)
+                                momentum=recipe.momentum, betas=recipe.adamw_betas,
+                                nesterov=recipe.nesterov)
     generator = torch.Generator()
     steps_per_epoch = len(images) // args.batch_size
     clock = TrainingClock(steps_per_epoch, total_steps=100 * steps_per_epoch)

@@ -108,6 +108,9 @@ def test_no_weight_decay_on_biases_and_norms():
         assert len(build_optimizer(name, model, 0.1, 0.1).param_groups) == 2
     with pytest.raises(UserError, match="choose one of"):
         build_optimizer("adam", model, 0.1, 0.1)
+    # the papers' SGD has plain momentum; Nesterov's is an option
+    assert not build_optimizer("sgd", model, 0.1).param_groups[0]["nesterov"]
+    assert build_optimizer("sgd", model, 0.1, nesterov=True).param_groups[0]["nesterov"]
 
 
 def test_lars_step_by_hand():

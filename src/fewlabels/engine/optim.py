@@ -96,7 +96,7 @@ class LARS(torch.optim.Optimizer):
 
 def build_optimizer(
     name: str, model_or_groups: nn.Module | list[dict], lr: float, weight_decay: float = 0.0,
-    *, momentum: float = 0.9, betas: tuple[float, float] = (0.9, 0.999),
+    *, momentum: float = 0.9, betas: tuple[float, float] = (0.9, 0.999), nesterov: bool = False,
 ) -> torch.optim.Optimizer:
     """The optimiser ``name`` over a model's :func:`parameter_groups` (or groups given)."""
     groups = (parameter_groups(model_or_groups, weight_decay)
@@ -104,7 +104,7 @@ def build_optimizer(
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum)
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=betas)
     raise UserError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")

@@ -40,6 +40,7 @@ class TrainingRecipe:
     epochs: int = option(100, "passes over the data; with --budget-minutes as well, the "
                               "schedules follow the epochs and the budget stops early")
     momentum: float = option(0.9, "momentum of sgd and lars")
+    nesterov: bool = option(False, "Nesterov momentum for sgd (the papers' sgd has none)")
     adamw_betas: tuple[float, float] = option((0.9, 0.999), "AdamW's beta1,beta2")
     gradient_clip: float = option(
         0.0, "largest gradient norm, per parameter tensor as in DINO; 0: no clipping")

@@ -166,7 +166,8 @@ class Trainer:
         self.method = method
         groups = parameter_groups(method, recipe.weight_decay, method.parameter_options)
         optimizer = build_optimizer(recipe.optimizer, groups, recipe.learning_rate,
-                                    momentum=recipe.momentum, betas=recipe.adamw_betas)
+                                    momentum=recipe.momentum, betas=recipe.adamw_betas,
+                                    nesterov=recipe.nesterov)
         self.model, self.optimizer = fabric.setup(method, optimizer)
         self.images = images.to(fabric.device)
         self.generator = torch.Generator(device=fabric.device)
