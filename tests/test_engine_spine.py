@@ -189,3 +189,15 @@ def test_a_skipped_image_warns_in_one_clean_line(tmp_path, capsys):
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert len(warnings) == 1 and warnings[0].startswith("fewlabels: warning: ")
     assert "warnings.warn" not in warnings[0] and "broken.png" in warnings[0]
+
+
+def test_list_methods_names_every_method_with_its_paper(capsys):
+    from fewlabels.methods import METHODS
+
+    assert main(["list", "methods"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == METHODS.names()
+    for line, name in zip(lines, METHODS.names(), strict=True):
+        paper = METHODS.get(name).paper
+        assert paper and line.endswith(f"({paper})") and line.count(paper) == 1, line
+    assert {"simclr", "moco", "mocov3", "npid", "byol", "simsiam", "dino"} <= set(METHODS)

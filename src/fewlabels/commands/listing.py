@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -18,6 +19,8 @@ def run(args: Any) -> None:
     registry = {"methods": METHODS, "datasets": DATASETS, "backbones": BACKBONES}[args.what]
     width = max(len(name) for name in registry.names())
     for name in registry.names():
-        line = f"{name:<{width}}  {registry.summary(name)}"
+        summary = registry.summary(name)
         paper = getattr(registry.get(name), "paper", "") if args.what == "methods" else ""
-        print(f"{line} [{paper}]" if paper else line)
+        if paper:  # the paper replaces a short citation at the end of the summary
+            summary = re.sub(r"\s*\([^()]*\d{4}\)$", "", summary) + f" ({paper})"
+        print(f"{name:<{width}}  {summary}")
