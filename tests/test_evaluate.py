@@ -4,6 +4,7 @@ of the label-efficiency plot. Small synthetic data only: the whole file runs in 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 
 import numpy as np
@@ -12,19 +13,23 @@ import torch
 from torch import nn
 
 from fewlabels.data.imageset import ImageSet
+from fewlabels.data.splits import make_split, stratified_folds
 from fewlabels.errors import UserError
 from fewlabels.evaluate import (
     BackboneFeatures,
     Cell,
     FeatureCache,
+    FeaturePreprocessing,
     RawPixels,
     Results,
+    budget_label,
     evaluate_label_efficiency,
     extract_features,
     feature_statistics,
     file_digest,
     knn_accuracy,
     knn_predict,
+    label_efficiency,
     linear_probe,
     random_init_backbone,
     raw_pixel_features,
@@ -32,6 +37,7 @@ from fewlabels.evaluate import (
     train_supervised,
 )
 from fewlabels.evaluate.baselines import translate_and_flip
+from fewlabels.evaluate.linear_probe import DEFAULT_WEIGHT_DECAY, cross_validation_folds
 from fewlabels.report.plot import plot_label_efficiency
 
 
@@ -141,15 +147,31 @@ def test_linear_probe_is_near_chance_on_random_labels_and_deterministic() -> Non
     assert first == second
 
 
-def test_feature_statistics_and_given_statistics() -> None:
-    features = torch.tensor([[1.0, 5.0], [3.0, 5.0]])
-    mean, std = feature_statistics(features)
-    assert mean.tolist() == [2.0, 5.0] and std.tolist() == [1.0, 1.0]  # constant column -> 1
+def test_feature_preprocessing() -> None:
+    features = torch.tensor([[3.0, 4.0], [0.0, 2.0], [6.0, 0.0]])
+    mean, std = feature_statistics(features[:2])
+    assert mean.tolist() == [1.5, 3.0] and std.tolist() == [1.5, 1.0]
+    assert feature_statistics(torch.tensor([[1.0, 5.0], [3.0, 5.0]]))[1].tolist() == [1.0, 1.0]
+    # l2: every row scaled to norm sqrt(D) = sqrt(2); (3, 4) has norm 5
+    l2 = FeaturePreprocessing.fit(features, "l2")
+    torch.testing.assert_close(l2(features[:1]), torch.tensor([[0.6, 0.8]]) * math.sqrt(2))
+    assert l2.mean is None
+    # standardise: the statistics of the features it was fitted on, not of what it prepares
+    standardise = FeaturePreprocessing.fit(features, "standardise")
+    torch.testing.assert_close(standardise(features).mean(0), torch.zeros(2))
+    torch.testing.assert_close(standardise(torch.tensor([[3.0, 2.0]])), torch.tensor([[0.0, 0.0]]))
+    # l2+standardise: the statistics are those of the normalised rows
+    both = FeaturePreprocessing.fit(features, "l2+standardise")
+    torch.testing.assert_close(both(features).mean(0), torch.zeros(2))
+    torch.testing.assert_close(both(features).std(0, correction=0), torch.ones(2))
+    with pytest.raises(ValueError):
+        FeaturePreprocessing.fit(features, "whiten")
+    # linear_probe's default is the default preprocessing fitted on the training features
     train_x, train_y = blobs(10, 3, 8, 0.5, seed=0)
     test_x, test_y = blobs(10, 3, 8, 0.5, seed=1)
     default = linear_probe(train_x, train_y, test_x, test_y, num_classes=3)
     given = linear_probe(train_x, train_y, test_x, test_y, num_classes=3,
-                         statistics=feature_statistics(train_x))
+                         preprocessing=FeaturePreprocessing.fit(train_x))
     assert default == given
 
 
@@ -182,6 +204,87 @@ def test_weight_decay_is_chosen_on_validation() -> None:
     assert weak.weight_decay < strong.weight_decay == 1.0
     assert weak.validation_accuracy == max(weak.validation_accuracies.values())
     assert weak.accuracy > 0.9
+
+
+IDENTITY = FeaturePreprocessing("standardise", torch.zeros(1), torch.ones(1))
+
+
+def test_cross_validation_on_a_hand_computable_case() -> None:
+    """1-D, 2 labels per class -> 2 folds of one label per class. A fit on one point per class
+    puts the boundary at their midpoint for any decay (the symmetric optimum; the bias is not
+    decayed), so every fold's accuracy is known by hand, every decay ties, and the tie goes
+    to the largest decay."""
+    x = torch.tensor([[-5.0], [-1.0], [2.0], [6.0]])
+    y = torch.tensor([0, 0, 1, 1])
+    decays = (1.0, 1e-2, 1e-4)
+    for seed in range(4):
+        folds = stratified_folds(y, 2, seed)
+        expected = []
+        for k, judged in enumerate(folds):  # fold k is judged by the fit on the other one
+            midpoint = x[folds[1 - k]].mean().item()
+            expected.append(((x[judged, 0] > midpoint).long() == y[judged]).float().mean().item())
+        # by hand: with -5 and 6 together, both midpoints are 0.5 and every point is placed
+        # right; with -5 and 2 together the midpoints are -1.5 and 2.5, and each misplaces one
+        with_minus_five = next(fold.tolist() for fold in folds if 0 in fold.tolist())
+        assert expected == {(0, 3): [1.0, 1.0], (0, 2): [0.5, 0.5]}[tuple(with_minus_five)]
+        result = linear_probe(x, y, torch.tensor([[-9.0], [9.0]]), torch.tensor([0, 1]),
+                              num_classes=2, weight_decays=decays, preprocessing=IDENTITY,
+                              seed=seed)
+        assert result.chosen_by == "cross-validation"
+        assert (result.folds, result.folds_evaluated) == (2, 2)
+        for decay in decays:
+            assert result.fold_accuracies[decay] == expected
+        assert result.weight_decay == 1.0  # ties go to the larger decay
+        assert result.validation_accuracy == pytest.approx(sum(expected) / 2)
+        assert result.accuracy == 1.0 and result.train_accuracy == 1.0
+    # both pairings are drawn by these seeds
+    pairings = {tuple(sorted(map(tuple, (f.tolist() for f in stratified_folds(y, 2, s)))))
+                for s in range(4)}
+    assert pairings == {((0, 2), (1, 3)), ((0, 3), (1, 2))}
+
+
+def test_one_label_per_class_uses_the_default_decay() -> None:
+    train_x, train_y = blobs(1, 4, 16, 0.5, seed=0)
+    test_x, test_y = blobs(30, 4, 16, 0.5, seed=1)
+    result = linear_probe(train_x, train_y, test_x, test_y, num_classes=4, default_weight_decay=0.3)
+    assert (result.chosen_by, result.weight_decay) == ("default", 0.3)
+    assert result.reason == "a class has a single label"
+    assert result.validation_accuracies == {} and result.folds == 0
+    assert result.accuracy > 0.9
+    # one class with a single label is enough to rule out cross-validation
+    more_x, more_y = blobs(3, 4, 16, 0.5, seed=2)
+    keep = (more_y != 2) | (torch.arange(len(more_y)) < 4)
+    uneven = linear_probe(more_x[keep], more_y[keep], test_x, test_y, num_classes=4)
+    assert torch.bincount(more_y[keep]).tolist() == [3, 3, 1, 3]
+    assert (uneven.chosen_by, uneven.weight_decay) == ("default", DEFAULT_WEIGHT_DECAY)
+    # two labels per class: cross-validated, on 2 folds
+    two = linear_probe(*blobs(2, 4, 16, 0.5, seed=3), test_x, test_y, num_classes=4)
+    assert (two.chosen_by, two.folds) == ("cross-validation", 2)
+    off = linear_probe(*blobs(2, 4, 16, 0.5, seed=3), test_x, test_y, num_classes=4, folds=0)
+    assert (off.chosen_by, off.reason) == ("default", "cross-validation turned off")
+
+
+def test_cross_validation_folds_and_their_limit() -> None:
+    assert cross_validation_folds(torch.tensor([0, 0, 1, 1, 1])) == 2
+    assert cross_validation_folds(torch.tensor([0] * 9 + [1] * 7)) == 5
+    assert cross_validation_folds(torch.tensor([0] * 9 + [1] * 7), folds=3) == 3
+    assert cross_validation_folds(torch.tensor([0, 0, 1])) == 0
+    assert cross_validation_folds(torch.tensor([0, 0, 2, 2])) == 2  # absent classes ignored
+    x, y = blobs(10, 3, 8, 4.0, seed=0)  # 30 overlapping points -> 5 folds of 6
+    test_x, test_y = blobs(10, 3, 8, 4.0, seed=1)
+    every = linear_probe(x, y, test_x, test_y, num_classes=3, seed=7)
+    assert (every.folds, every.folds_evaluated) == (5, 5)
+    assert all(len(accuracies) == 5 for accuracies in every.fold_accuracies.values())
+    assert 0.3 < every.validation_accuracy < 1.0
+    # folds are fitted until 12 images are validated: two folds of 6
+    two = linear_probe(x, y, test_x, test_y, num_classes=3, seed=7, cross_validation_images=12)
+    assert (two.folds, two.folds_evaluated) == (5, 2)
+    for decay, accuracies in two.fold_accuracies.items():
+        assert accuracies == every.fold_accuracies[decay][:2]
+    # the same seed gives the same folds and the same result; another seed other folds
+    assert linear_probe(x, y, test_x, test_y, num_classes=3, seed=7) == every
+    other = linear_probe(x, y, test_x, test_y, num_classes=3, seed=8)
+    assert other.fold_accuracies != every.fold_accuracies
 
 
 # --- features and cache --------------------------------------------------------------------
@@ -320,11 +423,28 @@ def test_label_efficiency_structure_json_and_plot(tmp_path) -> None:
     assert results.cell("brightness", "linear", 4).mean == 1.0
     assert results.cell("pixels", "knn", 1).details[0]["k"] == 2
     assert results.settings["all_labels_per_class"] == 10
+    # the probe's 2 validation labels per class count in what it used; kNN and the
+    # supervised baseline read only the budget's labels
+    for budget, knn_used, probe_used in ((1, 1, 3), (4, 4, 6), (None, 10, 12)):
+        for name in ("pixels", "brightness"):
+            linear, knn = results.cell(name, "linear", budget), results.cell(name, "knn", budget)
+            assert linear.labels_used_per_class == probe_used
+            assert linear.labels_used == 2 * probe_used
+            assert (knn.labels_used_per_class, knn.labels_used) == (knn_used, 2 * knn_used)
+            assert all(d["weight_decay_chosen_by"] == "validation" for d in linear.details)
+        assert results.cell("scratch", "supervised", budget).labels_used == 2 * knn_used
+        assert results.settings["labels_used"][budget_label(budget)] == {
+            "knn": {"per_class": knn_used, "total": 2 * knn_used},
+            "linear": {"per_class": probe_used, "total": 2 * probe_used},
+            "supervised": {"per_class": knn_used, "total": 2 * knn_used},
+        }
+    assert results.settings["validation_per_class"] == 2
 
     text = results.to_json()
     assert Results.from_json(text).to_json() == text
     table = results.table()
     assert "1/class" in table and "all" in table and "±" in table and "scratch" in table
+    assert "2 more labeled images per class" in table and "k+2" in table
 
     path = plot_label_efficiency(results, tmp_path / "plots" / "curve.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -341,3 +461,107 @@ def test_label_efficiency_rejects_too_large_budgets_and_unknown_protocols() -> N
     with pytest.raises(UserError):
         evaluate_label_efficiency(features, train, test, protocols=("svm",),
                                   labels_per_class=(1,), validation_per_class=0)
+
+
+def three_class_problem(per_class: int, seed: int) -> tuple[ImageSet, torch.Tensor]:
+    """An image set (the images do not matter) with overlapping 8-d features for 3 classes."""
+    features, labels = blobs(per_class, 3, 8, 3.0, seed=seed)
+    images = torch.zeros(len(labels), 1, 4, 4, dtype=torch.uint8)
+    return ImageSet(images, labels, ["a", "b", "c"], name=f"blobs-{seed}"), features
+
+
+def test_the_protocol_reads_no_label_outside_the_budget(monkeypatch) -> None:
+    """Every train label outside a split's labeled set is poisoned (shifted to another class)
+    and nothing changes: not the accuracies, not the chosen decays, not the cross-validation
+    record. ``make_split`` is kept on the honest labels, so both runs draw the same split (it
+    defines the budget: which images are labeled)."""
+    train, train_features = three_class_problem(12, seed=0)
+    test, test_features = three_class_problem(20, seed=1)
+    honest = train.labels.clone()
+    monkeypatch.setattr(label_efficiency, "make_split",
+                        lambda _labels, *args, **kwargs: make_split(honest, *args, **kwargs))
+    seen: list[list[int]] = []
+
+    class Majority:
+        def __init__(self, labels: torch.Tensor) -> None:
+            self.label = int(torch.bincount(labels).argmax())
+
+        def predict(self, images_uint8: torch.Tensor) -> torch.Tensor:
+            return torch.full((len(images_uint8),), self.label)
+
+    def supervised(labeled: ImageSet, seed: int) -> Majority:
+        seen.append(labeled.labels.tolist())
+        return Majority(labeled.labels)
+
+    def run(labels: torch.Tensor, budget: int, seed: int, validation: int = 0) -> Results:
+        poisoned_train = ImageSet(train.images, labels, train.class_names, name="train")
+        return evaluate_label_efficiency(
+            {"blobs": (train_features, test_features)}, poisoned_train, test,
+            labels_per_class=(budget,), seeds=(seed,), validation_per_class=validation,
+            knn_k=5, supervised=supervised)
+
+    for budget in (1, 2, 5):
+        for seed in (0, 1):
+            labeled = make_split(honest, budget, seed).labeled
+            poisoned = (honest + 1) % 3
+            poisoned[labeled] = honest[labeled]
+            assert (poisoned != honest).sum() == len(honest) - len(labeled)
+            clean, dirty = run(honest, budget, seed), run(poisoned, budget, seed)
+            assert seen[-1] == seen[-2] == honest[labeled].tolist()
+            assert clean.to_dict()["cells"] == dirty.to_dict()["cells"]
+            chosen_by = clean.cell("blobs", "linear", budget).details[0]["weight_decay_chosen_by"]
+            assert chosen_by == ("default" if budget == 1 else "cross-validation")
+    # The check has teeth: a probe given a validation part (whose labels then count in its
+    # budget) reads them, and poisoning them shows.
+    split = make_split(honest, 2, 0, validation_per_class=3)
+    poisoned = honest.clone()
+    poisoned[split.validation] = (honest[split.validation] + 1) % 3
+    clean, dirty = run(honest, 2, 0, validation=3), run(poisoned, 2, 0, validation=3)
+    assert (clean.cell("blobs", "linear", 2).details[0]["validation_accuracies"]
+            != dirty.cell("blobs", "linear", 2).details[0]["validation_accuracies"])
+
+
+def test_default_evaluation_uses_no_validation_labels() -> None:
+    """By default the budget is every label used: cross-validation within it (a fixed decay
+    at 1 label per class), and the JSON says so."""
+    train, train_features = three_class_problem(12, seed=0)
+    test, test_features = three_class_problem(20, seed=1)
+    results = evaluate_label_efficiency({"blobs": (train_features, test_features)}, train, test,
+                                        labels_per_class=(1, 4, None), seeds=(0, 1), knn_k=5)
+    assert results.settings["validation_per_class"] == 0
+    assert "cross-validation" in results.settings["weight_decay_selection"]
+    assert results.settings["cross_validation"]["folds_evaluated"] == {
+        "1/class": ["default"], "4/class": ["4 of 4 folds"], "all": ["5 of 5 folds"]}
+    for budget, used, folds in ((1, 1, 0), (4, 4, 4), (None, 12, 5)):
+        cell = results.cell("blobs", "linear", budget)
+        assert (cell.labels_used_per_class, cell.labels_used) == (used, 3 * used)
+        assert results.settings["labels_used"][budget_label(budget)]["linear"]["total"] == 3 * used
+        for seed, detail in zip(cell.seeds, cell.details, strict=True):
+            if folds == 0:
+                assert detail["weight_decay_chosen_by"] == "default"
+                assert detail["weight_decay"] == DEFAULT_WEIGHT_DECAY
+                continue
+            assert detail["weight_decay_chosen_by"] == "cross-validation"
+            assert detail["folds"] == detail["folds_evaluated"] == folds
+            decays = [decay for decay, _, _ in detail["cross_validation_accuracies"]]
+            means = {decay: mean for decay, mean, _ in detail["cross_validation_accuracies"]}
+            assert decays == sorted(decays, reverse=True)
+            assert detail["weight_decay"] == max(means, key=lambda d: (means[d], d))
+            for _, mean, per_fold in detail["cross_validation_accuracies"]:
+                assert len(per_fold) == folds and mean == pytest.approx(np.mean(per_fold))
+            # the folds are those of the split seed, so the record is reproducible
+            labeled = make_split(train.labels, budget, seed).labeled
+            again = linear_probe(train_features[labeled], train.labels[labeled], test_features,
+                                 test.labels, num_classes=3, seed=seed,
+                                 preprocessing=FeaturePreprocessing.fit(train_features))
+            assert again.accuracy == cell.values[cell.seeds.index(seed)]
+    table = results.table()
+    assert "cross-validated within the budget's labels" in table and "k+" not in table
+    # results written before labels were counted still load, and say nothing of them
+    old = results.to_dict()
+    for cell in old["cells"]:
+        del cell["labels_used"], cell["labels_used_per_class"]
+    for key in ("labels_used", "weight_decay_selection", "validation_per_class"):
+        del old["settings"][key]
+    reloaded = Results.from_json(json.dumps(old))
+    assert reloaded.cells[0].labels_used is None and "linear:" not in reloaded.table()

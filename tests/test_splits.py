@@ -1,9 +1,11 @@
-"""make_split: seeded, stratified, disjoint, nested; errors a user can cause."""
+"""make_split: seeded, stratified, disjoint, nested; errors a user can cause. stratified_folds:
+stratified, disjoint, covering, seeded."""
 
 import pytest
 import torch
 
 from fewlabels.data import Split, make_split
+from fewlabels.data.splits import stratified_folds
 from fewlabels.errors import UserError
 
 # 3 classes x 20 images, in a scrambled but fixed order
@@ -79,3 +81,43 @@ def test_accepts_numpy_labels():
 def test_impossible_requests_are_user_errors(labels_per_class, validation_per_class):
     with pytest.raises(UserError):
         make_split(LABELS, labels_per_class, seed=0, validation_per_class=validation_per_class)
+
+
+# --- stratified cross-validation folds -------------------------------------------------------
+
+# 3 classes of 11, 7 and 5 images, in a scrambled but fixed order
+UNEVEN = torch.tensor([0] * 11 + [1] * 7 + [2] * 5)[
+    torch.randperm(23, generator=torch.Generator().manual_seed(0))]
+PINNED_FOLDS = [[0, 1, 5, 9, 10, 11], [2, 3, 4, 6, 7, 8]]
+
+
+@pytest.mark.parametrize("folds", [2, 3, 5])
+def test_folds_are_stratified_disjoint_and_cover_the_labeled_set(folds):
+    parts = stratified_folds(UNEVEN, folds, seed=0)
+    assert len(parts) == folds
+    assert sorted(sum((part.tolist() for part in parts), [])) == list(range(len(UNEVEN)))
+    for part in parts:
+        assert part.dtype == torch.int64 and torch.equal(part, part.sort().values)
+    counts = torch.stack([torch.bincount(UNEVEN[part], minlength=3) for part in parts])
+    for cls, total in enumerate((11, 7, 5)):  # every class spread as evenly as it can be
+        assert set(counts[:, cls].tolist()) <= {total // folds, total // folds + 1}
+        assert counts[:, cls].sum() == total
+    sizes = [len(part) for part in parts]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_folds_are_deterministic_for_a_seed_and_pinned():
+    first = stratified_folds(UNEVEN, 5, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(first, stratified_folds(UNEVEN, 5, seed=3),
+                                                 strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(first, stratified_folds(UNEVEN, 5, seed=4),
+                                                     strict=True))
+    # PCG64 and SeedSequence are fixed by their specifications: this must never change
+    folds = stratified_folds(torch.tensor([0, 1, 2] * 4), 2, seed=0)
+    assert [fold.tolist() for fold in folds] == PINNED_FOLDS
+
+
+@pytest.mark.parametrize("folds", [1, 6])
+def test_folds_need_enough_labels_of_every_class(folds):
+    with pytest.raises(ValueError):
+        stratified_folds(UNEVEN, folds, seed=0)  # 6 > 5 images of class 2

@@ -154,6 +154,7 @@ def run(args: Any) -> Results:
         representations, train, test, protocols=args.protocol,
         labels_per_class=args.labels_per_class,
         seeds=list(range(args.seed, args.seed + args.seeds)),
+        validation_per_class=getattr(args, "validation_per_class", 0),
         knn_k=args.knn_k, knn_temperature=args.knn_temperature,
         supervised=supervised, supervised_name="supervised from scratch", log=_say,
     )

@@ -1,8 +1,9 @@
 """Seeded, stratified splits of a labeled train part: k labels per class, the rest unlabeled,
-and a held-out validation part.
+and a held-out validation part; and stratified cross-validation folds of a labeled set.
 
-The permutation comes from NumPy's PCG64 generator, whose stream is fixed by its
-specification, so the same seed gives the same split on every machine and every version.
+The permutations come from NumPy's PCG64 generator, whose stream is fixed by its
+specification, so the same seed gives the same split (and the same folds) on every machine
+and every version.
 """
 
 from __future__ import annotations
@@ -65,3 +66,35 @@ def make_split(
         return torch.from_numpy(np.sort(np.concatenate(parts))).long()
 
     return Split(as_tensor(labeled), as_tensor(unlabeled), as_tensor(validation))
+
+
+# Folds draw from their own stream of the seed, so that they are not a function of the
+# permutation that chose the labeled images.
+_FOLD_STREAM = 0x666F6C6473  # "folds"
+
+
+def stratified_folds(labels: torch.Tensor, folds: int, seed: int) -> list[torch.Tensor]:
+    """Split positions ``0..len(labels)-1`` into ``folds`` disjoint, stratified folds.
+
+    Every class's members, in a seeded order, are dealt to the folds in turn, each class
+    starting where the previous one stopped; so a class has ``n // folds`` or one more
+    members in every fold, and the folds' sizes differ by at most one. Together the folds
+    cover every position once. Each fold is a sorted int64 tensor. Used to choose a probe's
+    hyperparameters inside a labeled set, with no labels beyond it.
+    """
+    labels_np = np.asarray(torch.as_tensor(labels).cpu(), dtype=np.int64)
+    if folds < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
+    counts = np.bincount(labels_np - labels_np.min()) if len(labels_np) else np.zeros(0)
+    if len(labels_np) == 0 or counts[counts > 0].min() < folds:
+        raise ValueError(f"stratified {folds}-fold cross-validation needs at least {folds} "
+                         "labels of every class")
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence((seed, _FOLD_STREAM))))
+    order = rng.permutation(len(labels_np))
+    assignment = np.empty(len(labels_np), dtype=np.int64)
+    dealt = 0
+    for cls in np.unique(labels_np):
+        members = order[labels_np[order] == cls]  # this class, in the seeded order
+        assignment[members] = (dealt + np.arange(len(members))) % folds
+        dealt += len(members)
+    return [torch.from_numpy(np.flatnonzero(assignment == fold)).long() for fold in range(folds)]

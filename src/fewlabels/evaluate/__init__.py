@@ -30,8 +30,10 @@ from fewlabels.evaluate.features import (
 from fewlabels.evaluate.knn import knn_accuracy, knn_predict
 from fewlabels.evaluate.label_efficiency import PROTOCOLS, evaluate_label_efficiency
 from fewlabels.evaluate.linear_probe import (
+    DEFAULT_PREPROCESSING,
     DEFAULT_WEIGHT_DECAY,
     DEFAULT_WEIGHT_DECAYS,
+    FeaturePreprocessing,
     ProbeResult,
     feature_statistics,
     linear_probe,
@@ -39,12 +41,14 @@ from fewlabels.evaluate.linear_probe import (
 from fewlabels.evaluate.table import Cell, Results, budget_label, format_table
 
 __all__ = [
+    "DEFAULT_PREPROCESSING",
     "DEFAULT_WEIGHT_DECAY",
     "DEFAULT_WEIGHT_DECAYS",
     "PROTOCOLS",
     "BackboneFeatures",
     "Cell",
     "FeatureCache",
+    "FeaturePreprocessing",
     "FeatureProvider",
     "ProbeResult",
     "RawPixels",

@@ -23,7 +23,13 @@ def budget_label(labels_per_class: int | None) -> str:
 @dataclass
 class Cell:
     """Accuracies of one representation under one protocol at one label budget, one value per
-    split seed; ``details`` holds per-seed extras (chosen weight decay, k used, ...)."""
+    split seed; ``details`` holds per-seed extras (chosen weight decay and how, k used, ...).
+
+    ``labels_used_per_class`` and ``labels_used`` count the train labels the protocol
+    actually read, per class and in total: the budget's, plus a validation part's when one
+    was asked for (``None`` in results from before they were recorded). Per class is an int
+    when every class has as many, else their mean.
+    """
 
     representation: str
     protocol: str
@@ -31,6 +37,8 @@ class Cell:
     seeds: list[int] = field(default_factory=list)
     values: list[float] = field(default_factory=list)
     details: list[dict[str, Any]] = field(default_factory=list)
+    labels_used_per_class: float | None = None
+    labels_used: int | None = None
 
     @property
     def mean(self) -> float:
@@ -55,6 +63,8 @@ class Cell:
             "seeds": list(self.seeds),
             "values": list(self.values),
             "details": list(self.details),
+            "labels_used_per_class": self.labels_used_per_class,
+            "labels_used": self.labels_used,
         }
 
     @classmethod
@@ -62,6 +72,7 @@ class Cell:
         return cls(
             data["representation"], data["protocol"], data["labels_per_class"],
             list(data["seeds"]), [float(v) for v in data["values"]], list(data["details"]),
+            data.get("labels_used_per_class"), data.get("labels_used"),
         )
 
 
@@ -144,4 +155,21 @@ def format_table(results: Results) -> str:
     if None in budgets:
         all_seed = results.settings.get("all_budget_seed", seeds[0] if seeds else None)
         note += f"; 'all' is one split (seed {all_seed})"
-    return "\n".join([*rendered, note])
+    notes = [note]
+    if any(protocol == "linear" for _, protocol in results.rows()):
+        notes.append(_probe_note(results.settings))
+    return "\n".join([*rendered, *(n for n in notes if n)])
+
+
+def _probe_note(settings: dict[str, Any]) -> str:
+    """How the linear probe chose its weight decay, and whether that took labels beyond the
+    budget (results from before this was recorded say nothing)."""
+    validation = settings.get("validation_per_class")
+    if validation:
+        return (f"linear: weight decay chosen on {validation} more labeled images per class, "
+                f"so k/class used k+{validation} labels per class ('all': every label)")
+    if validation == 0 and "weight_decay_selection" in settings:
+        default = settings.get("default_weight_decay")
+        return ("linear: weight decay cross-validated within the budget's labels "
+                f"(fixed at {default:g} when a class has one label)")
+    return ""
