@@ -127,3 +127,18 @@ def test_two_processes_equal_one(tmp_path):
         tmp_path, "dino", {"out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8,
                            "local_views": 2},
         {"name": "convnet", "width": 4, "depth": 2, "feature_dim": 8}, steps=3, batch_size=16)
+
+
+def test_the_head_normalises_its_bottleneck_and_optionally_its_last_layer():
+    from fewlabels.models.heads import DINOHead
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 6)
+    for normalized in (True, False):
+        head = DINOHead(6, 7, hidden_dim=8, bottleneck_dim=4, normalize_last_layer=normalized)
+        with torch.no_grad():
+            head.last_layer.prototypes.weight.mul_(3.0)  # rows of norm 3
+            bottleneck = torch.nn.functional.normalize(head.mlp(x), dim=1)
+            weight = head.last_layer.prototypes.weight
+            expected = bottleneck @ (weight / 3 if normalized else weight).T
+        torch.testing.assert_close(head(x), expected)

@@ -114,7 +114,8 @@ class DINOHead(nn.Module):
     ``in_dim -> hidden_dim -> hidden_dim -> bottleneck_dim`` with GELU (and BN when
     ``batch_norm``), the L2-normalised bottleneck, then a weight-normalised linear layer to
     ``out_dim`` whose weight norm is fixed to 1 (the paper's ``norm_last_layer``; here the
-    :class:`PrototypeHead` with ``weight_normalized=True``). Linear weights start from a
+    :class:`PrototypeHead` with ``weight_normalized=True``), or free with
+    ``normalize_last_layer=False``. Linear weights start from a
     truncated normal of std 0.02, biases at 0, as in the paper's code.
 
     Shapes: ``[N, in_dim] -> [N, out_dim]`` logits (the loss divides by its temperatures).
@@ -122,7 +123,7 @@ class DINOHead(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048,
                  bottleneck_dim: int = 256, num_layers: int = 3,
-                 batch_norm: bool = False) -> None:
+                 batch_norm: bool = False, normalize_last_layer: bool = True) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
@@ -140,7 +141,10 @@ class DINOHead(nn.Module):
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 nn.init.zeros_(module.bias)
-        self.last_layer = PrototypeHead(bottleneck_dim, out_dim, weight_normalized=True)
+        # With normalize_last_layer=False the rows keep a learnable norm (the paper's weight
+        # norm with a free g, which is the same function as a plain linear layer).
+        self.last_layer = PrototypeHead(bottleneck_dim, out_dim,
+                                        weight_normalized=normalize_last_layer)
         self.out_dim = out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
