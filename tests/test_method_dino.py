@@ -142,3 +142,32 @@ def test_the_head_normalises_its_bottleneck_and_optionally_its_last_layer():
             weight = head.last_layer.prototypes.weight
             expected = bottleneck @ (weight / 3 if normalized else weight).T
         torch.testing.assert_close(head(x), expected)
+
+
+def test_the_collapse_signal_sees_both_collapses_of_the_teacher():
+    """Uniform teacher distributions (logits equal up to a per-image constant) and one
+    dominant dimension both give a spread near 0; distinct sharp distributions near 1."""
+    from fewlabels.models.backbones import build_backbone
+    from fewlabels.methods.base import DataInfo
+    from fewlabels.methods.dino import DINO, DINOConfig
+
+    backbone = build_backbone("convnet", in_channels=1, image_size=28, width=4, depth=2)
+    data = DataInfo(1, 28, (0.5,), (0.25,), 0, 16)
+    method = DINO(backbone, DINOConfig(out_dim=32, hidden_dim=16, bottleneck_dim=8), data)
+    torch.manual_seed(0)
+    base = torch.randn(32)
+    cases = {
+        "uniform": base * 1e-3 + torch.randn(16, 1),  # flat logits up to a per-image constant
+        "one dimension": torch.eye(32)[torch.zeros(16, dtype=torch.long)] * 5,
+        "healthy": torch.eye(32)[torch.arange(16)] * 5,
+    }
+    spreads = {}
+    for name, logits in cases.items():
+        if "teacher_head" in method._modules:  # noqa: SLF001
+            del method.teacher_head
+        method.teacher_head = lambda features, logits=logits: logits  # noqa: E731
+        method.center.zero_()
+        inputs, info = _step(method, torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8))
+        spreads[name] = float(method.training_loss(inputs, info)["embedding_spread"])
+    assert spreads["uniform"] < 0.05 and spreads["one dimension"] < 0.05
+    assert spreads["healthy"] > 0.5

@@ -174,10 +174,15 @@ class DINO(Method):
                          self.config.student_temperature, temperature,
                          self.views.num_global_views)
         entropy = teacher_entropy(teacher_logits, self.center, temperature)
+        # The spread of the teacher's distributions, not of its logits: both of DINO's
+        # collapses (to a uniform output, to one dimension) give every image the same
+        # distribution, while the logits can still differ by a per-image constant.
+        with torch.no_grad():
+            targets = torch.softmax((teacher_logits.float() - self.center) / temperature, dim=1)
         if self.config.centering:  # after the loss, which used the centre of before
             self.center.copy_(updated_center(self.center, teacher_logits,
                                              self.config.center_momentum))
-        return {"loss": loss, "embedding_spread": embedding_spread(teacher_logits),
+        return {"loss": loss, "embedding_spread": embedding_spread(targets),
                 "teacher_entropy": entropy.mean, "teacher_entropy_of_mean": entropy.of_mean}
 
     def before_optimizer_step(self, step: StepInfo) -> None:
