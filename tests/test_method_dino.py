@@ -147,9 +147,9 @@ def test_the_head_normalises_its_bottleneck_and_optionally_its_last_layer():
 def test_the_collapse_signal_sees_both_collapses_of_the_teacher():
     """Uniform teacher distributions (logits equal up to a per-image constant) and one
     dominant dimension both give a spread near 0; distinct sharp distributions near 1."""
-    from fewlabels.models.backbones import build_backbone
     from fewlabels.methods.base import DataInfo
     from fewlabels.methods.dino import DINO, DINOConfig
+    from fewlabels.models.backbones import build_backbone
 
     backbone = build_backbone("convnet", in_channels=1, image_size=28, width=4, depth=2)
     data = DataInfo(1, 28, (0.5,), (0.25,), 0, 16)
