@@ -9,36 +9,19 @@ Per channel, each device sums its inputs and their squares and counts them; one 
 gives the global sums, from which mean and biased variance normalise the batch (the running
 variance gets the unbiased one, as ``nn.BatchNorm`` does). The all-reduce is differentiable:
 every device's output depends on every device's input, so the backward pass sums the
-gradients of the global sums over devices (see :class:`_AllReduceSum`) and the gradients are
-exactly those of one process. On one process it is a plain batch norm. Its state dict is that
-of ``nn.BatchNorm2d``, so weights load into either.
+gradients of the global sums over devices (``distributed.all_reduce_sum_with_gradient``) and
+the gradients are exactly those of one process. On one process it is a plain batch norm. Its
+state dict is that of ``nn.BatchNorm2d``, so weights load into either.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from fewlabels.distributed import is_distributed
-
-
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over devices; the backward sums the incoming gradients over devices as well, since
-    each device's loss depends on the sum through its own output."""
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        tensor = tensor.clone()
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return tensor
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        grad = grad.clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad
+from fewlabels.distributed import all_reduce_sum_with_gradient, is_distributed
+from fewlabels.models.batch_norm_swap import replace_batch_norms
 
 
 class GlobalBatchNorm(_BatchNorm):
@@ -54,7 +37,7 @@ class GlobalBatchNorm(_BatchNorm):
         dims = [0] + list(range(2, x.dim()))
         count = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=torch.float32)
         moments = torch.cat([x.float().sum(dims), x.float().square().sum(dims), count])
-        moments = _AllReduceSum.apply(moments)
+        moments = all_reduce_sum_with_gradient(moments)
         channels = x.shape[1]
         total = moments[-1]
         mean = moments[:channels] / total
@@ -79,19 +62,10 @@ def convert_to_global_batch_norm(module: nn.Module) -> nn.Module:
     """``module`` with every batch norm replaced by a :class:`GlobalBatchNorm` holding the same
     parameters and statistics (the conversion ``nn.SyncBatchNorm.convert_sync_batchnorm``
     makes for GPUs)."""
-    if isinstance(module, _BatchNorm) and not isinstance(module, GlobalBatchNorm):
-        converted = GlobalBatchNorm(module.num_features, module.eps, module.momentum,
-                                    module.affine, module.track_running_stats)
-        converted.load_state_dict(module.state_dict())
-        converted.train(module.training)
-        if module.affine:
-            converted.weight.requires_grad_(module.weight.requires_grad)
-            converted.bias.requires_grad_(module.bias.requires_grad)
-        reference = next(iter(module.state_dict().values()), None)
-        return converted if reference is None else converted.to(reference.device)
-    for name, child in module.named_children():
-        module.add_module(name, convert_to_global_batch_norm(child))
-    return module
+    return replace_batch_norms(
+        module, lambda m: isinstance(m, _BatchNorm) and not isinstance(m, GlobalBatchNorm),
+        lambda m: GlobalBatchNorm(m.num_features, m.eps, m.momentum, m.affine,
+                                  m.track_running_stats))
 
 
 __all__ = ["GlobalBatchNorm", "convert_to_global_batch_norm"]

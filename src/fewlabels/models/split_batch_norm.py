@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fewlabels.models.batch_norm_swap import replace_batch_norms
+
 
 class SplitBatchNorm(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` that, in train mode, normalises ``num_splits`` consecutive groups of
@@ -80,19 +82,10 @@ def convert_to_split_batch_norm(module: nn.Module, num_splits: int) -> nn.Module
     """``module`` with every ``nn.BatchNorm2d`` replaced by a :class:`SplitBatchNorm` of
     ``num_splits`` groups holding the same parameters and statistics (in place for children;
     returns the module, or its replacement when ``module`` itself is a batch norm)."""
-    if isinstance(module, nn.BatchNorm2d):
-        converted = SplitBatchNorm(module.num_features, num_splits, module.eps,
-                                   module.momentum, module.affine, module.track_running_stats)
-        converted.load_state_dict(module.state_dict())
-        converted.train(module.training)
-        if module.affine:
-            converted.weight.requires_grad_(module.weight.requires_grad)
-            converted.bias.requires_grad_(module.bias.requires_grad)
-        reference = next(iter(module.state_dict().values()), None)
-        return converted if reference is None else converted.to(reference.device)
-    for name, child in module.named_children():
-        module.add_module(name, convert_to_split_batch_norm(child, num_splits))
-    return module
+    return replace_batch_norms(
+        module, lambda m: isinstance(m, nn.BatchNorm2d) and not isinstance(m, SplitBatchNorm),
+        lambda m: SplitBatchNorm(m.num_features, num_splits, m.eps, m.momentum, m.affine,
+                                 m.track_running_stats))
 
 
 __all__ = ["SplitBatchNorm", "convert_to_split_batch_norm"]
