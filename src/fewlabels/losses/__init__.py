@@ -15,9 +15,23 @@ from fewlabels.losses.instance import (
     npid_nce_loss,
     npid_softmax_loss,
 )
+from fewlabels.losses.redundancy import (
+    BarlowTwinsTerms,
+    VICRegTerms,
+    barlow_twins_cross_correlation,
+    barlow_twins_loss,
+    barlow_twins_terms,
+    vicreg_loss,
+    vicreg_terms,
+)
 
 __all__ = [
+    "BarlowTwinsTerms",
     "TeacherEntropy",
+    "VICRegTerms",
+    "barlow_twins_cross_correlation",
+    "barlow_twins_loss",
+    "barlow_twins_terms",
     "byol_loss",
     "dino_kl_divergence",
     "dino_loss",
@@ -30,4 +44,6 @@ __all__ = [
     "simsiam_loss",
     "teacher_entropy",
     "updated_center",
+    "vicreg_loss",
+    "vicreg_terms",
 ]
