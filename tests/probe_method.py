@@ -13,7 +13,7 @@ from torch import nn
 from fewlabels.engine.optim import ParameterOptions
 from fewlabels.engine.schedule import Schedule
 from fewlabels.methods import METHODS, Batch, Method, StepInfo, TrainingRecipe
-from fewlabels.methods.base import embedding_spread
+from fewlabels.methods.base import EpochContext, embedding_spread
 from fewlabels.models.momentum import copy_as_teacher, ema_update_
 from fewlabels.options import option
 
@@ -50,6 +50,8 @@ class Probe(Method):
         self.images_seen: list[bool] = []
         self.teacher_modes: list[bool] = []
         self.all_images: torch.Tensor | None = None
+        self.epoch_features: list[torch.Tensor] = []
+        self.epoch_draws: list[torch.Tensor] = []
 
     def schedules(self) -> dict[str, Schedule]:
         return {"teacher_momentum": Schedule(self.config.base_momentum, 1.0, "cosine")}
@@ -66,15 +68,22 @@ class Probe(Method):
     def eval_mode_modules(self) -> list[nn.Module]:
         return [self.teacher]
 
-    def on_epoch_start(self, epoch: int, images: torch.Tensor) -> None:
-        self.calls.append(("epoch", epoch))
-        self.all_images = images
+    def on_epoch_start(self, context: EpochContext) -> dict[str, float]:
+        self.calls.append(("epoch", context.epoch))
+        self.all_images = context.images
+        self.epoch_features.append(context.features(self.backbone, batch_size=5))
+        self.epoch_draws.append(torch.rand(3, generator=context.generator))
+        # momentum buffers of the head are forgotten, as after a re-initialisation
+        context.reset_optimizer_state(self.head.parameters())
+        return {"probe_number": float(context.num_images)}
 
     def make_views(self, batch: Batch, generator: torch.Generator) -> torch.Tensor:
-        # the batch's indices name its images
-        assert self.all_images is not None and batch.indices is not None
-        self.images_seen.append(bool(torch.equal(self.all_images[batch.indices],
-                                                 batch.unlabeled)))
+        # the batch's indices name its images (known from the first epoch work; a run resumed
+        # within an epoch sees its first at the next epoch)
+        assert batch.indices is not None
+        if self.all_images is not None:
+            self.images_seen.append(bool(torch.equal(self.all_images[batch.indices],
+                                                     batch.unlabeled)))
         return batch.unlabeled.float() / 255
 
     def training_loss(self, inputs: torch.Tensor, step: StepInfo) -> dict[str, torch.Tensor]:

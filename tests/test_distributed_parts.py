@@ -1,5 +1,6 @@
 """The parts of MoCo, NPID, DINO and Barlow Twins in a 2-process gloo run equal one process on
-the global batch: losses, gradients, DINO's centre and monitors, the queue and the bank.
+the global batch: losses, gradients, DINO's centre and monitors, the queue and the bank; and
+the engine's features of every training image, sharded and gathered.
 
 One spawn runs every check (starting processes is the slow part); the workers save what they
 computed and the test compares it with a single process on the whole batch.
@@ -18,6 +19,7 @@ from fewlabels.distributed import (
     all_reduce_mean_no_gradient,
     all_reduce_sum_with_gradient,
 )
+from fewlabels.engine.epoch_work import sharded_features
 from fewlabels.losses import moco_batch_loss, teacher_entropy, updated_center
 from fewlabels.models.memory import FeatureQueue, MemoryBank
 
@@ -41,7 +43,17 @@ def _data() -> dict[str, torch.Tensor]:
         "keys": torch.randn(3, GLOBAL_BATCH, 4, generator=generator),  # three steps of keys
         "bank_features": torch.randn(GLOBAL_BATCH, 4, generator=generator),
         "bank_indices": torch.randperm(20, generator=generator)[:GLOBAL_BATCH],
+        "images": torch.randint(0, 256, (7, 1, 3, 3), generator=generator, dtype=torch.uint8),
     }
+
+
+def _image_features(images: torch.Tensor) -> torch.Tensor:
+    """Features of 7 images (shards of 4 and 3 on two processes) in batches of 3."""
+    torch.manual_seed(2)
+    network = nn.Sequential(nn.Flatten(), nn.Linear(9, 3), nn.BatchNorm1d(3)).train()
+    features = sharded_features(network, images, (0.5,), (0.25,), batch_size=3)
+    assert network.training  # its mode is restored
+    return features
 
 
 def _local(rank: int) -> slice:
@@ -95,6 +107,7 @@ def _compare(rank: int, out_dir: str) -> None:
     results["mean"] = all_reduce_mean_no_gradient(torch.tensor([float(rank), 10.0 * rank]))
     queue, bank = _queue_and_bank(data, [part])  # each process enqueues only its own keys
     results["queue"], results["pointer"], results["bank"] = queue.queue, queue.pointer, bank.bank
+    results["features"] = _image_features(data["images"])
     torch.save(results, f"{out_dir}/rank{rank}.pt")
 
 
@@ -158,3 +171,12 @@ def test_two_processes_equal_one_process_on_the_global_batch(tmp_path):
         torch.testing.assert_close(r["bank"], bank.bank)
     torch.testing.assert_close(queue.ordered(), torch.nn.functional.normalize(
         data["keys"][2][-5:], dim=1))
+
+    # Features of every image: each process computes a shard, both hold all rows in order,
+    # equal to one pass in eval mode (batch norm with its running statistics).
+    torch.manual_seed(2)
+    network = nn.Sequential(nn.Flatten(), nn.Linear(9, 3), nn.BatchNorm1d(3)).eval()
+    with torch.no_grad():
+        expected = network((data["images"].float() / 255 - 0.5) / 0.25)
+    for r in ranks:
+        torch.testing.assert_close(r["features"], expected)

@@ -2,6 +2,7 @@
 hooks in order, schedules, parameter options, clipping, teacher modes, batch indices,
 representations, the collapse monitor, per-method options, progress lines and warnings."""
 
+import copy
 import json
 import math
 from types import SimpleNamespace
@@ -14,6 +15,7 @@ from fewlabels.cli import main
 from fewlabels.data.imageset import ImageSet
 from fewlabels.engine import trainer as trainer_module
 from fewlabels.engine.checkpoint import load_checkpoint
+from fewlabels.engine.epoch_work import optimizer_state_resetter
 from fewlabels.engine.metrics import Progress
 from fewlabels.engine.trainer import TrainConfig, Trainer
 from fewlabels.errors import UserError
@@ -75,6 +77,53 @@ def test_every_hook_is_called_in_order_with_the_step_values(tmp_path):
     assert {id(p) for p in fixed["params"]} == {id(p) for p in method.fixed.parameters()}
     decayed = next(g for g in groups if g["decayed"])
     assert decayed["lr"] == 0.0 and decayed["weight_decay"] == 0.01
+
+
+def test_epoch_work_sees_every_image_with_a_seeded_generator_and_is_logged(tmp_path):
+    images = _images()
+    with probe_registered():
+        trainer = _trainer(tmp_path / "a", images)
+        method = trainer.method
+        backbone = copy.deepcopy(method.backbone).eval()
+        trainer.run()
+        again = _trainer(tmp_path / "b", images)
+        again.run()
+    # the features of every image in dataset order, from the backbone in eval mode
+    mean, std = method.data.mean[0], method.data.std[0]
+    with torch.no_grad():
+        expected = backbone((images.float() / 255 - mean) / std)
+    torch.testing.assert_close(method.epoch_features[0], expected)
+    assert len(method.epoch_features) == 3
+    # one generator per epoch, seeded from the run's seed and the epoch
+    draws = method.epoch_draws
+    assert not torch.equal(draws[0], draws[1])
+    for mine, theirs in zip(draws, again.method.epoch_draws, strict=True):
+        assert torch.equal(mine, theirs)
+    # one record per epoch, with the work's own time
+    records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").open()]
+    work = [r for r in records if r.get("event") == "epoch_work"]
+    assert [(r["step"], r["epoch"], r["probe_number"]) for r in work] == [
+        (0, 0, 24.0), (3, 1, 24.0), (6, 2, 24.0)]
+    assert all(r["epoch_work_seconds"] > 0 for r in work)
+
+
+def test_epoch_work_resets_optimizer_state_and_is_not_redone_within_an_epoch(tmp_path):
+    with probe_registered():
+        trainer = _trainer(tmp_path, _images(), stop_after_steps=4)
+        with pytest.raises(trainer_module.TrainingInterrupted):
+            trainer.run()
+        state = trainer.optimizer.optimizer.state
+        head = list(trainer.method.head.parameters())
+        assert all(p in state for p in head)
+        optimizer_state_resetter(trainer.optimizer)(head)
+        assert not any(p in state for p in head)
+        assert next(trainer.method.backbone.parameters()) in state  # the others keep theirs
+        resumed = _trainer(tmp_path, _images(), resume=True)
+        resumed.run()
+    kinds = [call[0] for call in resumed.method.calls]
+    # step 4 is within epoch 1: no epoch work until epoch 2 starts at step 6
+    assert kinds[:7] == ["loss", "before_step", "after_step"] * 2 + ["epoch"]
+    assert [c[1] for c in resumed.method.calls if c[0] == "epoch"] == [2]
 
 
 def test_a_budget_on_a_fake_clock_gives_a_monotone_momentum_from_start_to_end(

@@ -7,6 +7,7 @@ one; the command line shows and parses MoCo's options."""
 
 import copy
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -268,9 +269,9 @@ def test_memory_bank_follows_its_formula_at_the_batch_indices_only(loss):
 
 def test_npid_refuses_more_images_than_bank_rows():
     method = _npid()
-    method.on_epoch_start(0, _images(40))
+    method.on_epoch_start(SimpleNamespace(num_images=40))
     with pytest.raises(UserError, match="40 rows but the run trains on 41 images"):
-        method.on_epoch_start(0, _images(41))
+        method.on_epoch_start(SimpleNamespace(num_images=41))
     with pytest.raises(UserError, match="number of training images"):
         NPID(_convnet(), NPIDConfig(), DataInfo(1, 28, (0.3,), (0.35,)))
 

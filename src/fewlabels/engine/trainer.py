@@ -25,6 +25,7 @@ from lightning_fabric import Fabric
 import fewlabels
 from fewlabels.atomic import atomic_torch_save
 from fewlabels.engine.checkpoint import FORMAT_VERSION, checkpoint_path, load_checkpoint
+from fewlabels.engine.epoch_work import EpochContext, epoch_seed, optimizer_state_resetter
 from fewlabels.engine.metrics import MetricsLog, Progress
 from fewlabels.engine.monitor import CollapseMonitor
 from fewlabels.engine.optim import build_optimizer, parameter_groups
@@ -196,8 +197,6 @@ class Trainer:
         seconds spent making views and the images in this device's batch."""
         started = time.perf_counter()
         method, info = self.method, self._step_info()
-        if self.step % self.steps_per_epoch == 0:
-            method.on_epoch_start(info.epoch, self.images)
         with torch.no_grad():
             inputs, batch_images = self._make_inputs()
             if self.channels_last:
@@ -218,6 +217,23 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         method.after_optimizer_step(info)
         return losses, info, augment_seconds, batch_images
+
+    def _epoch_work(self, log: MetricsLog) -> None:
+        """The method's work over the whole training set before an epoch, timed and logged
+        as its own record (not as a step's time)."""
+        started = time.perf_counter()
+        epoch = self.step // self.steps_per_epoch
+        generator = torch.Generator(device=self.fabric.device)
+        generator.manual_seed(epoch_seed(self.config.seed, epoch))
+        context = EpochContext(
+            epoch=epoch, step=self.step, steps_per_epoch=self.steps_per_epoch,
+            images=self.images, mean=self.method.data.mean, std=self.method.data.std,
+            generator=generator, _reset_optimizer_state=optimizer_state_resetter(self.optimizer))
+        numbers = self.method.on_epoch_start(context)
+        if numbers is not None:
+            seconds = time.perf_counter() - started
+            log.log(self.step, {"event": "epoch_work", "epoch": epoch,
+                                "epoch_work_seconds": seconds, **numbers})
 
     def _make_inputs(self) -> tuple[Any, int]:
         """This device's part of the step's global batch, with the images' dataset indices,
@@ -253,6 +269,8 @@ class Trainer:
         try:
             with StopFlag() as stop:
                 while self.total_steps is None or self.step < self.total_steps:
+                    if self.step % self.steps_per_epoch == 0:
+                        self._epoch_work(log)
                     step_started = time.perf_counter()
                     losses, info, augment_seconds, batch_images = self._training_step()
                     last_loss = float(losses["loss"].detach())

@@ -16,7 +16,8 @@ special:
   whose paper runs it so);
 - hooks: :meth:`before_optimizer_step` (between backward and the step: DINO's frozen last
   layer, SwAV's frozen prototypes), :meth:`after_optimizer_step` (momentum teachers, queues)
-  and :meth:`on_epoch_start` (work over the whole dataset);
+  and :meth:`on_epoch_start` (work over the whole dataset, with an :class:`EpochContext`);
+- :meth:`cluster_heads`: the method's own cluster assignments, for the clustering protocol;
 - state: queues, centres and memory banks are registered buffers, so checkpoints hold them.
 """
 
@@ -30,14 +31,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewlabels.engine.epoch_work import EpochContext
 from fewlabels.engine.optim import ParameterOptions
 from fewlabels.engine.recipe import TrainingRecipe
 from fewlabels.engine.schedule import Schedule
 from fewlabels.errors import UserError
 from fewlabels.options import to_plain
 
-__all__ = ["Batch", "DataInfo", "Method", "ParameterOptions", "StepInfo", "TrainingRecipe",
-           "check_view_size", "embedding_spread"]
+__all__ = ["Batch", "DataInfo", "EpochContext", "Method", "ParameterOptions", "StepInfo",
+           "TrainingRecipe", "check_view_size", "embedding_spread"]
 
 
 @dataclass(frozen=True)
@@ -125,8 +127,18 @@ class Method(nn.Module):
     def after_optimizer_step(self, step: StepInfo) -> None:
         """Called after every optimiser step (momentum teachers update here)."""
 
-    def on_epoch_start(self, epoch: int, images: torch.Tensor) -> None:
-        """Called before each epoch with all training images (uint8, on the device)."""
+    def on_epoch_start(self, context: EpochContext) -> dict[str, float] | None:
+        """Work over the whole training set before an epoch (DeepCluster's k-means, SeLa's
+        labels): ``context`` gives the features of every training image, a generator seeded
+        from the run's seed and the epoch, and a way to reset a re-initialised head's
+        optimiser state (:class:`EpochContext`).
+
+        Called before the first step of every epoch, also when a run resumes exactly at an
+        epoch boundary, but not when it resumes within an epoch: per-image labels belong in
+        registered buffers, which checkpoints hold. Returned numbers are logged with the
+        seconds the work took as one ``"epoch_work"`` record of ``metrics.jsonl``; ``None``
+        logs nothing."""
+        return None
 
     # -- declarations ------------------------------------------------------------------------
 
@@ -145,6 +157,12 @@ class Method(nn.Module):
         """The networks a run can evaluate or export, by name; each maps images to features
         ``[N, D]``. ``default_representation`` names the one the paper evaluates."""
         return {"backbone": self.backbone}
+
+    def cluster_heads(self) -> dict[str, nn.Module]:
+        """The method's own cluster assignments, by name: modules mapping normalised images
+        ``[N, C, H, W]`` to cluster scores ``[N, K]`` (the assignment is the arg-max), which
+        ``evaluate --protocol clusters`` scores against the true labels. None by default."""
+        return {}
 
     def eval_mode_modules(self) -> list[nn.Module]:
         """Submodules kept in eval mode while the method trains."""

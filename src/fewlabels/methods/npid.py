@@ -48,6 +48,7 @@ from fewlabels.losses.instance import estimate_nce_normalizer, npid_nce_loss, np
 from fewlabels.methods.base import (
     Batch,
     DataInfo,
+    EpochContext,
     Method,
     StepInfo,
     TrainingRecipe,
@@ -125,10 +126,11 @@ class NPID(Method):
         # NCE's normaliser Z, estimated on the first batch; 0 = not yet.
         self.register_buffer("normalizer", torch.zeros(()))
 
-    def on_epoch_start(self, epoch: int, images: torch.Tensor) -> None:
-        if len(images) > self.memory.size:
+    def on_epoch_start(self, context: EpochContext) -> None:
+        if context.num_images > self.memory.size:
             raise UserError(f"the NPID memory bank has {self.memory.size} rows but the run "
-                            f"trains on {len(images)} images; start a new run on this data")
+                            f"trains on {context.num_images} images; start a new run on this "
+                            "data")
 
     def make_views(self, batch: Batch, generator: torch.Generator) -> tuple:
         if batch.indices is None:
