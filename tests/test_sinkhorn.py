@@ -1,6 +1,6 @@
 """Sinkhorn-Knopp: the requested marginals, closed-form plans, SwAV's matrix form, numerical
 stability with large scores and a small epsilon, and 2 processes equal to 1 on the
-concatenated batch."""
+concatenated batch; each on both paths (float64 scalings and the log domain)."""
 
 import gc
 import math
@@ -12,15 +12,31 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+import fewlabels.clustering.sinkhorn as sinkhorn_module
 from fewlabels.clustering.sinkhorn import sinkhorn_knopp
 from fewlabels.errors import UserError
+
+PATHS = ("products", "log domain")
+
+
+def _force(path: str) -> None:
+    """Make every call take ``path``: a range limit no scores exceed, or one all exceed."""
+    sinkhorn_module.SCALING_FORM_MAX_RANGE = math.inf if path == "products" else -1.0
+
+
+@pytest.fixture(params=PATHS)
+def path(request, monkeypatch):
+    monkeypatch.setattr(sinkhorn_module, "SCALING_FORM_MAX_RANGE",
+                        sinkhorn_module.SCALING_FORM_MAX_RANGE)  # restored after the test
+    _force(request.param)
+    return request.param
 
 
 def _scores(rows: int = 37, clusters: int = 5, seed: int = 0) -> torch.Tensor:
     return torch.randn(rows, clusters, generator=torch.Generator().manual_seed(seed))
 
 
-def test_rows_are_distributions_and_clusters_are_balanced_after_enough_iterations():
+def test_rows_are_distributions_and_clusters_are_balanced_after_enough_iterations(path):
     scores = _scores()
     plan = sinkhorn_knopp(scores, epsilon=0.5, iterations=200)
     assert plan.shape == (37, 5) and plan.dtype == torch.float32
@@ -29,7 +45,7 @@ def test_rows_are_distributions_and_clusters_are_balanced_after_enough_iteration
     torch.testing.assert_close(plan.sum(dim=0), torch.full((5,), 37 / 5), rtol=1e-4, atol=0)
 
 
-def test_given_marginals_are_met():
+def test_given_marginals_are_met(path):
     scores = _scores(6, 3)
     rows = torch.tensor([1.0, 2.0, 0.5, 0.5, 3.0, 1.0])  # total 8
     columns = torch.tensor([4.0, 3.0, 1.0])
@@ -39,7 +55,7 @@ def test_given_marginals_are_met():
     torch.testing.assert_close(plan.sum(dim=0), columns, rtol=1e-4, atol=0)
 
 
-def test_closed_forms():
+def test_closed_forms(path):
     # Uniform scores: every sample spread evenly, after a single iteration.
     torch.testing.assert_close(sinkhorn_knopp(torch.full((4, 8), 3.0), iterations=1),
                                torch.full((4, 8), 1 / 8))
@@ -70,7 +86,7 @@ def _swav_matrix_form(scores: torch.Tensor, epsilon: float, iterations: int) -> 
     return (q * batch).T
 
 
-def test_equals_swavs_multiplicative_iterations():
+def test_equals_swavs_multiplicative_iterations(path):
     scores = torch.nn.functional.normalize(_scores(16, 10, seed=1), dim=1)  # cosines
     for iterations in (1, 3):
         expected = _swav_matrix_form(scores, 0.05, iterations).float()
@@ -90,7 +106,7 @@ def test_large_scores_and_a_small_epsilon_stay_finite_in_float32():
     assert half.dtype == torch.float32 and bool(torch.isfinite(half).all())
 
 
-def test_tolerance_stops_once_the_columns_are_balanced():
+def test_tolerance_stops_once_the_columns_are_balanced(path):
     scores = _scores()
     plan = sinkhorn_knopp(scores, epsilon=0.5, iterations=100_000, tolerance=1e-6)
     torch.testing.assert_close(plan.sum(dim=0), torch.full((5,), 37 / 5), rtol=1e-5, atol=0)
@@ -123,11 +139,12 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     try:
         start = sum(LOCAL_ROWS[:rank])
         local = _scores(sum(LOCAL_ROWS), 4, seed=3)[start: start + LOCAL_ROWS[rank]]
-        results = {
-            "swav": sinkhorn_knopp(local, 0.05, 3, across_devices=True),
-            "converged": sinkhorn_knopp(local, 0.5, 10_000, across_devices=True,
-                                        tolerance=1e-6),
-        }
+        results = {}
+        for path in PATHS:
+            _force(path)
+            results[path, "swav"] = sinkhorn_knopp(local, 0.05, 3, across_devices=True)
+            results[path, "converged"] = sinkhorn_knopp(local, 0.5, 10_000,
+                                                        across_devices=True, tolerance=1e-6)
         torch.save(results, f"{out_dir}/rank{rank}.pt")
         dist.barrier()
     finally:
@@ -141,15 +158,19 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path):
+def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path, monkeypatch):
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     scores = _scores(sum(LOCAL_ROWS), 4, seed=3)
-    single = {"swav": sinkhorn_knopp(scores, 0.05, 3),
-              "converged": sinkhorn_knopp(scores, 0.5, 10_000, tolerance=1e-6)}
-    for name, expected in single.items():
-        together = torch.cat([r[name] for r in ranks])
-        torch.testing.assert_close(together, expected, rtol=1e-5, atol=1e-6)
-    # Balanced over the global batch, not per process.
-    torch.testing.assert_close(torch.cat([r["converged"] for r in ranks]).sum(dim=0),
-                               torch.full((4,), 8 / 4), rtol=1e-5, atol=0)
+    monkeypatch.setattr(sinkhorn_module, "SCALING_FORM_MAX_RANGE",
+                        sinkhorn_module.SCALING_FORM_MAX_RANGE)
+    for path in PATHS:
+        _force(path)
+        single = {"swav": sinkhorn_knopp(scores, 0.05, 3),
+                  "converged": sinkhorn_knopp(scores, 0.5, 10_000, tolerance=1e-6)}
+        for name, expected in single.items():
+            together = torch.cat([r[path, name] for r in ranks])
+            torch.testing.assert_close(together, expected, rtol=1e-5, atol=1e-6)
+        # Balanced over the global batch, not per process.
+        torch.testing.assert_close(torch.cat([r[path, "converged"] for r in ranks]).sum(0),
+                                   torch.full((4,), 8 / 4), rtol=1e-5, atol=0)
