@@ -77,6 +77,11 @@ def barlow_twins_cross_correlation(
     embeddings :math:`P = \sum_b (z^A_b - \mu^A)(z^B_b - \mu^B)^\top` and their squares.
     """
     _check_pair(z1, z2)
+    with torch.autocast(device_type=z1.device.type, enabled=False):  # float32 products
+        return _cross_correlation(z1, z2, eps)
+
+
+def _cross_correlation(z1: torch.Tensor, z2: torch.Tensor, eps: float) -> torch.Tensor:
     centred1, centred2, count = _centred_over_global_batch(z1, z2)
     local = torch.cat([centred1.T @ centred2,  # [D, D]: sum over the local images
                        centred1.square().sum(dim=0, keepdim=True),  # [1, D]
@@ -151,6 +156,12 @@ def vicreg_terms(z1: torch.Tensor, z2: torch.Tensor, variance_target: float = 1.
                  eps: float = 1e-4) -> VICRegTerms:
     """The invariance, variance and covariance terms of :func:`vicreg_loss`."""
     _check_pair(z1, z2)
+    with torch.autocast(device_type=z1.device.type, enabled=False):  # float32 statistics
+        return _vicreg_terms(z1, z2, variance_target, eps)
+
+
+def _vicreg_terms(z1: torch.Tensor, z2: torch.Tensor, variance_target: float,
+                  eps: float) -> VICRegTerms:
     # Invariance is local: DDP's average of the devices' means is the global mean when the
     # local batches are equal, as the official code computes it before gathering.
     invariance = F.mse_loss(z1.float(), z2.float())
