@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewlabels.augment.recipes import default_view_size
 from fewlabels.engine.epoch_work import EpochContext
 from fewlabels.engine.optim import ParameterOptions
 from fewlabels.engine.recipe import TrainingRecipe
@@ -39,7 +40,7 @@ from fewlabels.errors import UserError
 from fewlabels.options import to_plain
 
 __all__ = ["Batch", "DataInfo", "EpochContext", "Method", "ParameterOptions", "StepInfo",
-           "TrainingRecipe", "check_view_size", "embedding_spread"]
+           "TrainingRecipe", "check_view_size", "embedding_spread", "resolve_view_size"]
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,18 @@ def embedding_spread(embeddings: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         normalised = F.normalize(embeddings.detach().float(), dim=1)
         return normalised.std(dim=0).mean() * normalised.shape[1] ** 0.5
+
+
+def resolve_view_size(backbone: nn.Module, data: DataInfo, size: int) -> int:
+    """The side of a method's views: ``size``, or when it is 0 the default for the data's
+    images (:func:`~fewlabels.augment.recipes.default_view_size`), checked against
+    ``backbone`` (:func:`check_view_size`) when it differs from the stored images' side.
+    Methods store the resolved size in their config, so a resumed run keeps its views if the
+    default rule changes."""
+    view_size = size or default_view_size(data.image_size)
+    if view_size != data.image_size:
+        check_view_size(backbone, data.channels, view_size)
+    return view_size
 
 
 def check_view_size(backbone: nn.Module, channels: int, size: int) -> None:

@@ -48,7 +48,6 @@ import torch
 from torch import nn
 
 from fewlabels.augment.multicrop import MultiCropViews
-from fewlabels.augment.recipes import default_view_size
 from fewlabels.engine.schedule import Schedule
 from fewlabels.errors import UserError
 from fewlabels.losses.distillation import byol_loss
@@ -58,8 +57,8 @@ from fewlabels.methods.base import (
     Method,
     StepInfo,
     TrainingRecipe,
-    check_view_size,
     embedding_spread,
+    resolve_view_size,
 )
 from fewlabels.methods.registry import METHODS
 from fewlabels.models.heads import PredictionHead, ProjectionHead
@@ -111,9 +110,7 @@ class BYOL(Method):
             raise UserError(f"--base-momentum and --final-momentum must satisfy 0 <= base <= "
                             f"final <= 1, got {config.base_momentum} and "
                             f"{config.final_momentum}")
-        view_size = config.view_size or default_view_size(data.image_size)
-        if view_size != data.image_size:
-            check_view_size(backbone, data.channels, view_size)
+        view_size = resolve_view_size(backbone, data, config.view_size)
         # Stored resolved, so a resumed run keeps its views if the default rule changes.
         self.config = dataclasses.replace(config, view_size=view_size)
         self.views = MultiCropViews(

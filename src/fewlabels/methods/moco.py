@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fewlabels.augment.recipes import SimCLRViews, default_view_size
+from fewlabels.augment.recipes import SimCLRViews
 from fewlabels.engine.schedule import Schedule
 from fewlabels.errors import UserError
 from fewlabels.losses.contrastive import moco_queue_loss
@@ -59,8 +59,8 @@ from fewlabels.methods.base import (
     Method,
     StepInfo,
     TrainingRecipe,
-    check_view_size,
     embedding_spread,
+    resolve_view_size,
 )
 from fewlabels.methods.registry import METHODS
 from fewlabels.models.heads import ProjectionHead
@@ -128,9 +128,7 @@ class MoCo(Method):
             raise UserError(f"--key-momentum must be in [0, 1], got {config.key_momentum}")
         backbone = convert_to_split_batch_norm(backbone, config.batch_norm_splits)
         super().__init__(backbone, config, data)
-        view_size = config.view_size or default_view_size(data.image_size)
-        if view_size != data.image_size:
-            check_view_size(backbone, data.channels, view_size)
+        view_size = resolve_view_size(backbone, data, config.view_size)
         blur = config.blur_probability
         if blur is None:
             blur = 0.5 if view_size >= BLUR_MIN_VIEW_SIZE else 0.0

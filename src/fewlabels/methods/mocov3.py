@@ -42,7 +42,6 @@ import torch
 from torch import nn
 
 from fewlabels.augment.multicrop import MultiCropViews
-from fewlabels.augment.recipes import default_view_size
 from fewlabels.engine.schedule import Schedule
 from fewlabels.errors import UserError
 from fewlabels.losses.contrastive import moco_batch_loss
@@ -52,8 +51,8 @@ from fewlabels.methods.base import (
     Method,
     StepInfo,
     TrainingRecipe,
-    check_view_size,
     embedding_spread,
+    resolve_view_size,
 )
 from fewlabels.methods.registry import METHODS
 from fewlabels.models.heads import PredictionHead, ProjectionHead
@@ -99,9 +98,7 @@ class MoCoV3(Method):
             raise UserError(f"--projection-layers must be at least 1, got "
                             f"{config.projection_layers}")
         super().__init__(backbone, config, data)
-        view_size = config.view_size or default_view_size(data.image_size)
-        if view_size != data.image_size:
-            check_view_size(backbone, data.channels, view_size)
+        view_size = resolve_view_size(backbone, data, config.view_size)
         # Stored resolved, so a resumed run keeps its views if the default rule changes.
         self.config = config = dataclasses.replace(config, view_size=view_size)
         self.views = MultiCropViews(data.mean, data.std, global_size=view_size,

@@ -42,7 +42,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from fewlabels.augment.recipes import SimCLRViews, default_view_size
+from fewlabels.augment.recipes import SimCLRViews
 from fewlabels.errors import UserError
 from fewlabels.losses.instance import estimate_nce_normalizer, npid_nce_loss, npid_softmax_loss
 from fewlabels.methods.base import (
@@ -52,8 +52,8 @@ from fewlabels.methods.base import (
     Method,
     StepInfo,
     TrainingRecipe,
-    check_view_size,
     embedding_spread,
+    resolve_view_size,
 )
 from fewlabels.methods.registry import METHODS
 from fewlabels.models.memory import MemoryBank
@@ -112,9 +112,7 @@ class NPID(Method):
             if not ok:
                 raise UserError(message)
         super().__init__(backbone, config, data)
-        view_size = config.view_size or default_view_size(data.image_size)
-        if view_size != data.image_size:
-            check_view_size(backbone, data.channels, view_size)
+        view_size = resolve_view_size(backbone, data, config.view_size)
         # Stored resolved, so a resumed run keeps its views if the default rule changes.
         self.config = config = dataclasses.replace(config, view_size=view_size)
         self.views = SimCLRViews(

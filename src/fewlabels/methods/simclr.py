@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fewlabels.augment.recipes import SimCLRViews, default_view_size
+from fewlabels.augment.recipes import SimCLRViews
 from fewlabels.losses.contrastive import nt_xent_loss
 from fewlabels.methods.base import (
     Batch,
@@ -27,8 +27,8 @@ from fewlabels.methods.base import (
     Method,
     StepInfo,
     TrainingRecipe,
-    check_view_size,
     embedding_spread,
+    resolve_view_size,
 )
 from fewlabels.methods.registry import METHODS
 from fewlabels.models.heads import ProjectionHead
@@ -69,9 +69,7 @@ class SimCLR(Method):
         self.projection = ProjectionHead(
             backbone.feature_dim, config.projection_hidden_dim, config.projection_dim
         )
-        view_size = config.view_size or default_view_size(data.image_size)
-        if view_size != data.image_size:
-            check_view_size(backbone, data.channels, view_size)
+        view_size = resolve_view_size(backbone, data, config.view_size)
         # Stored resolved, so a resumed run keeps its views if the default rule changes.
         self.config = dataclasses.replace(config, view_size=view_size)
         self.views = SimCLRViews(

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fewlabels.augment.recipes import SimCLRViews, default_view_size
+from fewlabels.augment.recipes import SimCLRViews
 from fewlabels.losses.distillation import simsiam_loss
 from fewlabels.methods.base import (
     Batch,
@@ -49,8 +49,8 @@ from fewlabels.methods.base import (
     ParameterOptions,
     StepInfo,
     TrainingRecipe,
-    check_view_size,
     embedding_spread,
+    resolve_view_size,
 )
 from fewlabels.methods.registry import METHODS
 from fewlabels.models.heads import PredictionHead, ProjectionHead
@@ -95,9 +95,7 @@ class SimSiam(Method):
 
     def __init__(self, backbone: nn.Module, config: SimSiamConfig, data: DataInfo) -> None:
         super().__init__(backbone, config, data)
-        view_size = config.view_size or default_view_size(data.image_size)
-        if view_size != data.image_size:
-            check_view_size(backbone, data.channels, view_size)
+        view_size = resolve_view_size(backbone, data, config.view_size)
         # Stored resolved, so a resumed run keeps its views if the default rule changes.
         self.config = dataclasses.replace(config, view_size=view_size)
         self.views = SimCLRViews(
