@@ -3,10 +3,12 @@
 from fewlabels.methods import (  # noqa: F401
     barlow_twins,
     byol,
+    deepcluster,
     dino,
     moco,
     mocov3,
     npid,
+    sela,
     simclr,
     simsiam,
     swav,
