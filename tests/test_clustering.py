@@ -1,6 +1,7 @@
 """k-means, the assignment solver and the clustering metrics, against hand-computed cases and
 brute force."""
 
+import importlib
 import itertools
 import math
 
@@ -8,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-import fewlabels.clustering.kmeans as kmeans_module
 from fewlabels.clustering import kmeans
 from fewlabels.clustering.assignment import linear_sum_assignment
 from fewlabels.clustering.kmeans import nearest_centroids
@@ -23,6 +23,9 @@ from fewlabels.clustering.metrics import (
     purity,
 )
 from fewlabels.errors import UserError
+
+# the package exports the function under the module's name, so fetch the module itself
+kmeans_module = importlib.import_module("fewlabels.clustering.kmeans")
 
 
 def _generator(seed: int) -> torch.Generator:

@@ -29,6 +29,8 @@ few tens of megabytes.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,6 +42,10 @@ Initialisation = Literal["k-means++", "random"]
 
 # Elements of one block of the distance matrix (rows x clusters): 16 MB in float32.
 _DISTANCE_BLOCK = 1 << 22
+# Below this many multiply-adds per iteration (N x D x k) k-means runs on one thread: on a
+# shared 2-core CPU, 6,000 x 784 points into 10 clusters took 1.3 s on two threads and 0.34 s
+# on one; 300 x 8 points 0.4 s against 2 ms (threads' hand-offs cost more than they save).
+_SINGLE_THREAD_BELOW = 1 << 27
 
 
 @dataclass
@@ -73,8 +79,8 @@ def kmeans(
     ``init`` is ``"k-means++"`` (Arthur & Vassilvitskii 2007: each new centre drawn with
     probability proportional to the squared distance to the nearest centre already chosen)
     or ``"random"`` (k distinct points drawn uniformly, as faiss and so DeepCluster do), or
-    the initial centroids themselves as a [k, D] tensor. All random draws come from ``generator`` (on any device; the draws are moved to the
-    features' device)."""
+    the initial centroids themselves as a [k, D] tensor. All random draws come from
+    ``generator`` (on any device; the draws are moved to the features' device)."""
     if features.ndim != 2:
         raise ValueError(f"k-means needs features of shape [N, D], got {tuple(features.shape)}")
     count = features.shape[0]
@@ -83,6 +89,13 @@ def kmeans(
                         f"choose a number of clusters between 1 and {count}")
     if iterations < 1:
         raise ValueError("k-means needs at least one iteration")
+    with _one_thread_if_small(count * features.shape[1] * k):
+        return _kmeans(features, k, generator, iterations, tolerance, init)
+
+
+def _kmeans(features: torch.Tensor, k: int, generator: torch.Generator, iterations: int,
+            tolerance: float, init: Initialisation | torch.Tensor) -> KMeansResult:
+    count = features.shape[0]
     points = features if features.dtype in (torch.float32, torch.float64) else features.float()
     squared_norms = points.pow(2).sum(1)
     if isinstance(init, torch.Tensor):
@@ -102,7 +115,8 @@ def kmeans(
     previous = None
     reassigned = 0
     done = 0
-    for done in range(1, iterations + 1):
+    for iteration in range(1, iterations + 1):
+        done = iteration
         assignments, _ = nearest_centroids(points, centroids, squared_norms)
         reassigned += _reassign_empty_clusters(points, assignments, k, generator)
         if previous is not None and torch.equal(assignments, previous):
@@ -116,6 +130,19 @@ def kmeans(
     inertia = _inertia(points, centroids, assignments)
     return KMeansResult(centroids=centroids, assignments=assignments, inertia=inertia,
                         iterations=done, reassigned=reassigned)
+
+
+@contextlib.contextmanager
+def _one_thread_if_small(work: int) -> Iterator[None]:
+    threads = torch.get_num_threads()
+    if work >= _SINGLE_THREAD_BELOW or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def nearest_centroids(
@@ -188,8 +215,8 @@ def _kmeans_plus_plus(points: torch.Tensor, squared_norms: torch.Tensor, k: int,
     for index in range(1, k):
         chosen = _draw_proportional(closest, uniforms[index])
         centroids[index] = points[chosen]
-        distance = (squared_norms - 2 * points @ points[chosen] + squared_norms[chosen]).clamp_min(0)
-        closest = torch.minimum(closest, distance)
+        distance = squared_norms - 2 * points @ points[chosen] + squared_norms[chosen]
+        closest = torch.minimum(closest, distance.clamp_min(0))
     return centroids
 
 
