@@ -126,21 +126,6 @@ def test_prototypes_get_no_gradient_during_the_freeze_and_are_renormalised_after
     torch.testing.assert_close(method.prototypes.prototypes.weight.norm(dim=1), torch.ones(12))
 
 
-def test_prototypes_stay_put_in_the_first_epoch_then_move_and_stay_unit_norm(tmp_path):
-    out = tmp_path / "run"
-    assert pretrain(out, "--epochs", "2", "--stop-after-steps", "3") == 130  # 3 steps an epoch
-    after_one = load_checkpoint(out)["model"]
-    torch.manual_seed(0)
-    fresh = build_method(load_checkpoint(out)["run"]).state_dict()
-    torch.testing.assert_close(after_one[PROTOTYPES], fresh[PROTOTYPES], rtol=0, atol=1e-6)
-    assert not torch.equal(after_one["projection.layers.0.weight"],
-                           fresh["projection.layers.0.weight"])
-    assert main(["pretrain", "--out", str(out), "--resume", "--no-progress"]) == 0
-    final = load_checkpoint(out)["model"][PROTOTYPES]
-    assert (final - fresh[PROTOTYPES]).abs().max() > 1e-5  # LARS: small steps, but steps
-    torch.testing.assert_close(final.norm(dim=1), torch.ones(12))
-
-
 # -- the queue --------------------------------------------------------------------------------
 
 
@@ -184,18 +169,28 @@ def test_the_queue_fills_in_order_from_its_epoch_and_is_used_once_full(monkeypat
         torch.testing.assert_close(queue.ordered(), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_resume_gives_the_same_weights_and_queue(tmp_path):
+def test_prototypes_frozen_in_the_first_epoch_then_unit_norm_and_resume_is_exact(tmp_path):
+    # 3 steps an epoch; a queue of 24 full after 2 global batches of 16 and used from the
+    # third step, so the resumed run must restore it to match.
     queue = ["--queue-length", "24", "--queue-start-epoch", "0", "--epochs", "2"]
     assert pretrain(tmp_path / "whole", *queue) == 0
-    assert pretrain(tmp_path / "split", *queue, "--stop-after-steps", "4") == 130
-    assert main(["pretrain", "--out", str(tmp_path / "split"), "--resume",
-                 "--no-progress"]) == 0
-    whole = load_checkpoint(tmp_path / "whole")["model"]
-    resumed = load_checkpoint(tmp_path / "split")["model"]
+    split = tmp_path / "split"
+    assert pretrain(split, *queue, "--stop-after-steps", "3") == 130
+    after_one = load_checkpoint(split)["model"]
+    torch.manual_seed(0)
+    fresh = build_method(load_checkpoint(split)["run"]).state_dict()
+    torch.testing.assert_close(after_one[PROTOTYPES], fresh[PROTOTYPES], rtol=0, atol=1e-6)
+    assert not torch.equal(after_one["projection.layers.0.weight"],
+                           fresh["projection.layers.0.weight"])
+    assert int(after_one["queue_filled"]) == 24
+    assert main(["pretrain", "--out", str(split), "--resume", "--no-progress"]) == 0
+    whole, resumed = load_checkpoint(tmp_path / "whole")["model"], load_checkpoint(split)["model"]
     assert whole.keys() == resumed.keys() and "queues.0.queue" in whole
-    assert int(whole["queue_filled"]) == 24
     for name, value in whole.items():
         assert torch.equal(value, resumed[name]), name
+    final = whole[PROTOTYPES]
+    assert (final - fresh[PROTOTYPES]).abs().max() > 1e-5  # LARS: small steps, but steps
+    torch.testing.assert_close(final.norm(dim=1), torch.ones(12))
 
 
 # -- the rest ---------------------------------------------------------------------------------
