@@ -17,6 +17,7 @@ COMMANDS = {
     "export": "fewlabels.commands.export",
     "embed": "fewlabels.commands.embed",
     "attention": "fewlabels.commands.attention",
+    "clusters": "fewlabels.commands.clusters",
     "demo": "fewlabels.commands.demo",
     "list": "fewlabels.commands.listing",
 }

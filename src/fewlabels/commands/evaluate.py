@@ -1,4 +1,5 @@
-"""`fewlabels evaluate`: label-efficiency of a pretrained backbone next to its baselines."""
+"""`fewlabels evaluate`: label-efficiency of a pretrained backbone next to its baselines, and
+how well its clusters agree with the classes."""
 
 from __future__ import annotations
 
@@ -32,8 +33,9 @@ from fewlabels.evaluate import (
     random_init_backbone,
     supervised_baseline,
 )
+from fewlabels.evaluate.clusters import DEFAULT_RESTARTS, HeadClusters, evaluate_clusters
 from fewlabels.report.plot import plot_label_efficiency
-from fewlabels.runs import describe, load_pretrained, make_backbone
+from fewlabels.runs import describe, load_method, load_pretrained, make_backbone
 
 HELD_OUT_FRACTION = 0.2  # of each class, as the test part of data that has none
 
@@ -44,7 +46,9 @@ def add_parser(subparsers: Any, argv: list[str]) -> None:  # noqa: ARG001
         description="kNN and linear probes on frozen features at budgets of labels per "
                     "class, averaged over split seeds, next to raw-pixel, random-init and "
                     "supervised-from-scratch baselines. A budget counts every label the "
-                    "protocol uses.")
+                    "protocol uses. The clusters protocol scores k-means on the features "
+                    "(k = classes) and the method's own cluster heads with NMI, ARI and "
+                    "Hungarian-matched accuracy on the test part.")
     parser.add_argument("--checkpoint", required=True,
                         help="run folder (or checkpoint.pt) made by fewlabels pretrain")
     parser.add_argument("--representation", default=None,
@@ -61,13 +65,18 @@ def add_parser(subparsers: Any, argv: list[str]) -> None:  # noqa: ARG001
 
 def add_evaluation_options(parser: Any) -> None:
     group = parser.add_argument_group("protocol")
-    group.add_argument("--protocol", type=names(["knn", "linear"]), default=["knn", "linear"],
-                       help="comma-separated protocols: knn, linear (default knn,linear)")
+    group.add_argument("--protocol", type=names(["knn", "linear", "clusters"]),
+                       default=["knn", "linear"],
+                       help="comma-separated protocols: knn, linear, clusters (NMI, ARI and "
+                            "Hungarian-matched accuracy of k-means with k = classes on "
+                            "L2-normalised features, and of the method's own clusters) "
+                            "(default knn,linear)")
     group.add_argument("--labels-per-class", type=budgets, default=[1, 10, 100, None],
                        help="comma-separated budgets of labels per class, 'all' for every "
                             "label (default 1,10,100,all)")
     group.add_argument("--seeds", type=positive_int, default=3,
-                       help="split seeds to average over (default 3)")
+                       help="split seeds to average over, and k-means seeds of the clusters "
+                            "protocol (default 3)")
     group.add_argument("--validation-per-class", type=non_negative_int, default=0,
                        help="extra labeled images per class to choose the probe's weight decay "
                             "on, counted in the budget (default 0: cross-validation inside "
@@ -75,12 +84,16 @@ def add_evaluation_options(parser: Any) -> None:
     group.add_argument("--baselines", type=names(["raw", "random", "supervised", "none"]),
                        default=["raw", "random", "supervised"],
                        help="comma-separated baselines: raw (pixels), random (initialisation), "
-                            "supervised (from scratch on the same labels), or none "
-                            "(default raw,random,supervised)")
+                            "supervised (from scratch on the same labels; knn and linear "
+                            "only), or none (default raw,random,supervised)")
     group.add_argument("--knn-k", type=positive_int, default=200,
                        help="neighbours of the kNN classifier (default 200)")
     group.add_argument("--knn-temperature", type=positive_float, default=0.1,
                        help="temperature T of the kNN votes exp(similarity/T) (default 0.1)")
+    group.add_argument("--cluster-restarts", type=positive_int, default=DEFAULT_RESTARTS,
+                       help="k-means++ restarts per seed in the clusters protocol; the one of "
+                            "lowest inertia is kept, no labels involved (default "
+                            f"{DEFAULT_RESTARTS})")
     group.add_argument("--json", default=None,
                        help="JSON file for the results (default RUN_DIR/evaluation.json)")
     group.add_argument("--plot", default=None, help="also plot the results to this PNG file")
@@ -119,6 +132,12 @@ def train_and_test(spec: str, image_size: int, channels: int, on_corrupt: str
 
 
 def run(args: Any) -> Results:
+    protocols = list(dict.fromkeys(args.protocol))
+    label_protocols = [p for p in protocols if p != "clusters"]
+    if not protocols:
+        raise UserError("--protocol names no protocol; give knn, linear and/or clusters")
+    if args.plot and not label_protocols:
+        raise UserError("--plot draws label-efficiency curves; add knn or linear to --protocol")
     pretrained = load_pretrained(args.checkpoint, getattr(args, "representation", None))
     checkpoint, info = pretrained.checkpoint, pretrained.data
     run_dir = Path(args.checkpoint)
@@ -133,12 +152,13 @@ def run(args: Any) -> Results:
         return make_backbone(checkpoint["run"]["backbone"], info)
 
     method = checkpoint["run"]["method"]
+    cache = FeatureCache(run_dir / "features")
+    cache_key = {"checkpoint": file_digest(checkpoint_path(args.checkpoint)),
+                 "dataset": spec, "image_size": info.image_size}
     representations: dict[str, Any] = {
         method: BackboneFeatures(
-            pretrained.network, info.mean, info.std, cache=FeatureCache(run_dir / "features"),
-            cache_key={"checkpoint": file_digest(checkpoint_path(args.checkpoint)),
-                       "dataset": spec, "image_size": info.image_size,
-                       "representation": pretrained.representation},
+            pretrained.network, info.mean, info.std, cache=cache,
+            cache_key={**cache_key, "representation": pretrained.representation},
             device=device),
     }
     if "raw" in args.baselines:
@@ -146,18 +166,31 @@ def run(args: Any) -> Results:
     if "random" in args.baselines:
         representations["random init"] = BackboneFeatures(
             random_init_backbone(fresh_backbone, args.seed), info.mean, info.std, device=device)
-    supervised = None
-    if "supervised" in args.baselines:
-        supervised = supervised_baseline(fresh_backbone, mean=info.mean, std=info.std,
-                                         num_classes=train.num_classes or None, device=device)
-    results = evaluate_label_efficiency(
-        representations, train, test, protocols=args.protocol,
-        labels_per_class=args.labels_per_class,
-        seeds=list(range(args.seed, args.seed + args.seeds)),
-        validation_per_class=getattr(args, "validation_per_class", 0),
-        knn_k=args.knn_k, knn_temperature=args.knn_temperature,
-        supervised=supervised, supervised_name="supervised from scratch", log=_say,
-    )
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    if label_protocols and "clusters" in protocols:
+        # both kinds of protocol read the same features: extract them once
+        for name, provider in list(representations.items()):
+            _say(f"features: {name}")
+            representations[name] = (provider(train, "train"), provider(test, "test"))
+    results = Results(settings={})
+    if label_protocols:
+        supervised = None
+        if "supervised" in args.baselines:
+            supervised = supervised_baseline(fresh_backbone, mean=info.mean, std=info.std,
+                                             num_classes=train.num_classes or None,
+                                             device=device)
+        results = evaluate_label_efficiency(
+            representations, train, test, protocols=label_protocols,
+            labels_per_class=args.labels_per_class, seeds=seeds,
+            validation_per_class=getattr(args, "validation_per_class", 0),
+            knn_k=args.knn_k, knn_temperature=args.knn_temperature,
+            supervised=supervised, supervised_name="supervised from scratch", log=_say,
+        )
+    if "clusters" in protocols:
+        heads = _cluster_heads(args.checkpoint, method, info, cache, cache_key, device)
+        results.clusters = evaluate_clusters(
+            representations, train, test, heads=heads, seeds=seeds,
+            restarts=getattr(args, "cluster_restarts", DEFAULT_RESTARTS), log=_say)
     results.settings.update({"checkpoint": str(checkpoint_path(args.checkpoint)),
                              "run": checkpoint["run"], "step": checkpoint["step"],
                              "representation": pretrained.representation,
@@ -170,6 +203,18 @@ def run(args: Any) -> Results:
         plot_label_efficiency(results, args.plot, title=f"{method} on {spec}")
         print(f"plot written to {args.plot}")
     return results
+
+
+def _cluster_heads(checkpoint: str, method: str, info: Any, cache: FeatureCache,
+                   cache_key: dict[str, Any], device: torch.device
+                   ) -> dict[str, dict[str, HeadClusters]]:
+    """The run's own cluster heads (``Method.cluster_heads()``) as providers of cached
+    cluster assignments, under the method's name; none for a method without them."""
+    loaded, _ = load_method(checkpoint)
+    return {method: {
+        name: HeadClusters(head, info.mean, info.std, cache=cache,
+                           cache_key={**cache_key, "cluster_head": name}, device=device)
+        for name, head in loaded.cluster_heads().items()}}
 
 
 def _say(message: str) -> None:

@@ -1,6 +1,7 @@
 """Evaluation protocols that judge a representation: feature extraction and caching, weighted
-kNN, linear probe, baselines (raw pixels, random initialisation, supervised from scratch) and
-label-efficiency curves over budgets of labels per class.
+kNN, linear probe, baselines (raw pixels, random initialisation, supervised from scratch),
+label-efficiency curves over budgets of labels per class, and the clustering protocol (NMI,
+ARI, Hungarian-matched accuracy of k-means on the features and of a method's own clusters).
 
 Typical use::
 
@@ -19,6 +20,12 @@ from fewlabels.evaluate.baselines import (
     supervised_baseline,
     supervised_steps,
     train_supervised,
+)
+from fewlabels.evaluate.clusters import (
+    ClusterResults,
+    ClusterRow,
+    HeadClusters,
+    evaluate_clusters,
 )
 from fewlabels.evaluate.features import (
     BackboneFeatures,
@@ -47,14 +54,18 @@ __all__ = [
     "PROTOCOLS",
     "BackboneFeatures",
     "Cell",
+    "ClusterResults",
+    "ClusterRow",
     "FeatureCache",
     "FeaturePreprocessing",
     "FeatureProvider",
+    "HeadClusters",
     "ProbeResult",
     "RawPixels",
     "Results",
     "SupervisedModel",
     "budget_label",
+    "evaluate_clusters",
     "evaluate_label_efficiency",
     "extract_features",
     "feature_statistics",

@@ -1,7 +1,8 @@
 """Results of a label-efficiency evaluation: the data, a text table and JSON.
 
 Accuracies are stored as fractions in [0, 1]; the table shows percentages. A cell's spread is
-the sample standard deviation (``ddof=1``) over split seeds, 0 for a single seed.
+the sample standard deviation (``ddof=1``) over split seeds, 0 for a single seed. The
+clustering protocol's results, when it ran, travel along (``Results.clusters``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fewlabels.atomic import atomic_write_text
+from fewlabels.evaluate.clusters import ClusterResults
 
 
 def budget_label(labels_per_class: int | None) -> str:
@@ -78,10 +80,12 @@ class Cell:
 
 @dataclass
 class Results:
-    """All cells of an evaluation and the settings it ran with."""
+    """All cells of an evaluation and the settings it ran with, and the clustering
+    protocol's results when it ran."""
 
     cells: list[Cell] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
+    clusters: ClusterResults | None = None
 
     def cell(self, representation: str, protocol: str, labels_per_class: int | None) -> Cell:
         for cell in self.cells:
@@ -102,7 +106,10 @@ class Results:
         return [*numbers, None] if None in present else numbers
 
     def to_dict(self) -> dict[str, Any]:
-        return {"settings": self.settings, "cells": [cell.to_dict() for cell in self.cells]}
+        data = {"settings": self.settings, "cells": [cell.to_dict() for cell in self.cells]}
+        if self.clusters is not None:
+            data["clusters"] = self.clusters.to_dict()
+        return data
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -110,7 +117,8 @@ class Results:
     @classmethod
     def from_json(cls, text: str) -> Results:
         data = json.loads(text)
-        return cls([Cell.from_dict(c) for c in data["cells"]], dict(data["settings"]))
+        clusters = ClusterResults.from_dict(data["clusters"]) if "clusters" in data else None
+        return cls([Cell.from_dict(c) for c in data["cells"]], dict(data["settings"]), clusters)
 
     def save_json(self, path: str | os.PathLike[str]) -> None:
         """Write :meth:`to_json` atomically (temporary file, then rename)."""
@@ -131,7 +139,11 @@ def format_cell(cell: Cell | None) -> str:
 
 def format_table(results: Results) -> str:
     """A plain-text table: one row per representation × protocol, one column per budget,
-    cells of test accuracy in percent as mean ± std over seeds, and a footnote."""
+    cells of test accuracy in percent as mean ± std over seeds, and a footnote; then the
+    clustering protocol's table when it ran (alone when no other protocol did)."""
+    clusters = results.clusters.table() if results.clusters is not None else ""
+    if clusters and not results.cells:
+        return clusters
     budgets = results.budgets()
     index = {(c.representation, c.protocol, c.labels_per_class): c for c in results.cells}
     header = ["representation", "protocol", *(budget_label(b) for b in budgets)]
@@ -158,7 +170,7 @@ def format_table(results: Results) -> str:
     notes = [note]
     if any(protocol == "linear" for _, protocol in results.rows()):
         notes.append(_probe_note(results.settings))
-    return "\n".join([*rendered, *(n for n in notes if n)])
+    return "\n".join([*rendered, *(n for n in notes if n), *(["", clusters] if clusters else [])])
 
 
 def _probe_note(settings: dict[str, Any]) -> str:
