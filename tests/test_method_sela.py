@@ -64,6 +64,16 @@ def test_equipartition_gives_exactly_n_over_k_per_cluster_and_arg_max_does_not()
     assert chosen > 3 * float(posteriors.gather(1, shuffled[:, None]).mean())
 
 
+def test_saturated_posteriors_still_give_balanced_labels():
+    # posteriors of 0 and 1 (log P down to about -1000): the floored scores keep the plan
+    # finite, and every cluster still gets N/K images
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(600, 12, generator=generator) * 300
+    logits[:, 3] += 2000.0
+    labels = self_labels(logits, 25.0, equipartition=True)
+    assert torch.bincount(labels, minlength=12).tolist() == [50] * 12
+
+
 def test_balanced_labels_of_well_separated_logits_are_their_arg_max():
     # 4 images per cluster, each confident about its own: the balanced labels are the arg-max
     logits = 5 * torch.eye(3).repeat(4, 1)

@@ -22,15 +22,15 @@ every image once an epoch, so the balance comes from loss weights instead: each 
 (:func:`~fewlabels.losses.pseudo_labels.cluster_balancing_weights`), which gives the loss of
 uniform sampling over clusters in expectation (``balance_clusters false`` turns it off).
 
-Differences from the paper's ImageNet recipe (AlexNet or VGG-16 with Sobel filtering, k =
-10,000, PCA to 256, 20 faiss iterations, SGD at 0.05 with batch 256 and weight decay 1e-5,
-500 epochs) for 28-32 px images and runs of minutes on a CPU: k = 100 (60,000 images: 600 per
-cluster, as ImageNet's 1.3M over 10,000 gives 130); PCA to 128 of the ConvNet's 512 features;
-k-means++ seeding instead of faiss's random points; no Sobel filter (one channel already has
-no colour to shortcut through); SimCLR's augmentations on one view of 3/4 of the image side
-(20 px for Fashion-MNIST) instead of crops and flips only; the top layer is in the engine's
-optimiser (momentum, reset at each re-initialisation) rather than a fresh momentum-free SGD;
-a cosine learning-rate decay after one warm-up epoch.
+Differences from the paper's ImageNet recipe (AlexNet or VGG-16 with Sobel filtering,
+k = 10,000, PCA to 256, 20 iterations of faiss's k-means seeded with random points, SGD at
+0.05 with batch 256 and weight decay 1e-5, 500 epochs) for 28-32 px images and runs of
+minutes on a CPU: k = 100 (60,000 images: 600 per cluster, as ImageNet's 1.3M over 10,000
+gives 130); PCA to 128 of the ConvNet's 512 features; no Sobel filter (one channel already
+has no colour to shortcut through); SimCLR's augmentations on one view of 3/4 of the image
+side (20 px for Fashion-MNIST) instead of crops and flips only; the top layer is in the
+engine's optimiser (momentum, reset at each re-initialisation) rather than a fresh
+momentum-free SGD; a cosine learning-rate decay after one warm-up epoch.
 """
 
 from __future__ import annotations
@@ -158,8 +158,9 @@ class DeepCluster(Method):
                             "data")
         features = context.features(self.backbone)  # [N, D]
         reduced = pca_whiten_normalize(features, config.pca_dim or None)
+        # seeded with random points, as the paper's faiss k-means (k-means++ costs k passes)
         result = kmeans(reduced, config.clusters, generator=context.generator,
-                        iterations=config.kmeans_iterations)
+                        iterations=config.kmeans_iterations, init="random")
         labels = result.assignments.to(self.labels.device)
         numbers = {"clusters_in_use": float((result.cluster_sizes > 0).sum()),
                    "empty_clusters_reassigned": float(result.reassigned),
