@@ -42,7 +42,7 @@ HELD_OUT_FRACTION = 0.2  # of each class, as the test part of data that has none
 
 def add_parser(subparsers: Any, argv: list[str]) -> None:  # noqa: ARG001
     parser = subparsers.add_parser(
-        "evaluate", help="label-efficiency evaluation of a pretrained backbone",
+        "evaluate", help="label-efficiency and clustering evaluation of a pretrained backbone",
         description="kNN and linear probes on frozen features at budgets of labels per "
                     "class, averaged over split seeds, next to raw-pixel, random-init and "
                     "supervised-from-scratch baselines. A budget counts every label the "
@@ -58,7 +58,8 @@ def add_parser(subparsers: Any, argv: list[str]) -> None:  # noqa: ARG001
     add_data_options(parser, "the data the checkpoint was pretrained on", resize=False)
     add_evaluation_options(parser)
     parser.add_argument("--seed", type=number(int, 0), default=0,
-                        help="first split seed; seeds seed..seed+N-1 are used (default 0)")
+                        help="first split seed (and k-means seed of the clusters protocol); "
+                             "seeds seed..seed+N-1 are used (default 0)")
     parser.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                         help="device for feature extraction and the supervised baseline")
 
