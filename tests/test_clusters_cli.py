@@ -15,6 +15,7 @@ from fewlabels.clustering.metrics import cluster_scores
 from fewlabels.commands import clusters as clusters_command
 from fewlabels.commands import parse
 from fewlabels.data import load_dataset
+from fewlabels.evaluate import FeatureCache, HeadClusters
 from fewlabels.evaluate.table import Results
 from fewlabels.methods import METHODS
 from fewlabels.report.cluster_grid import (
@@ -192,3 +193,30 @@ def test_evaluate_plot_needs_a_label_protocol(run_dir, tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(run_dir), "--protocol", "clusters",
                  "--plot", str(tmp_path / "p.png")]) == 2
     assert "add knn or linear" in capsys.readouterr().err
+
+
+class ModeRecordingHead(nn.Module):
+    """Scores by brightness, recording the mode it ran in and how many images it saw."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.modes: list[bool] = []
+        self.images_seen = 0
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.modes.append(self.training)
+        self.images_seen += len(images)
+        return BrightnessHead()(images)
+
+
+def test_head_clusters_run_in_eval_mode_in_batches_and_are_cached(tmp_path, sample):
+    head = ModeRecordingHead().train()
+    images = sample.test.subset(torch.arange(100))
+    provider = HeadClusters(head, [0.3], [0.35], cache=FeatureCache(tmp_path), batch_size=32,
+                            cache_key={"run": "toy"})
+    assignments, clusters = provider(images, "test")
+    assert clusters == 3 and assignments.dtype == torch.int64
+    assert torch.equal(assignments, _brightness_clusters(images.images, [0.3], [0.35]))
+    assert head.modes == [False] * 5 and head.training  # 1 image for K, then 4 batches
+    again, _ = provider(images, "test")
+    assert torch.equal(again, assignments) and head.images_seen == 1 + 100 + 1  # from the cache
