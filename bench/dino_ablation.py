@@ -1,12 +1,13 @@
 """DINO's collapse ablation at small scale (Caron et al. 2021, §5.3 and Fig. 7): DINO as it is,
 with the teacher a copy of the student (no momentum), and without centring. Each run trains
-for the same minutes with the collapse monitor off, then is evaluated with kNN (all labels and
+for the same number of epochs (equal work, so a busy machine does not favour one) with the
+collapse monitor off, then is evaluated with kNN (all labels and
 10 per class); the collapse signals logged during training (the spread of the teacher's
 normalised outputs across the batch, 1 = spread over the sphere, 0 = one point; the mean
 entropy of the teacher's per-image distributions and the entropy of their batch mean) are
 plotted against the step.
 
-    .venv/bin/python bench/dino_ablation.py [--minutes 3] [--out bench/results/dino_ablation]
+    .venv/bin/python bench/dino_ablation.py [--epochs 4] [--out bench/results/dino_ablation]
         [-- extra pretrain options for every run]
 """
 
@@ -33,7 +34,7 @@ def run_variant(name: str, options: list[str], out: Path, args: argparse.Namespa
     run = out / name.replace(" ", "_").replace("=", "eq")
     shutil.rmtree(run, ignore_errors=True)
     status = fewlabels(["pretrain", "--method", "dino", "--data", args.data, "--out", str(run),
-                        "--budget-minutes", str(args.minutes), "--no-progress",
+                        "--epochs", str(args.epochs), "--no-progress",
                         "--no-collapse-monitor", *options, *args.extra])
     if status:
         raise SystemExit(f"pretraining {name} failed ({status})")
@@ -75,7 +76,7 @@ def plot(results: dict, path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=3.0)
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--data", default="fashion-mnist")
     parser.add_argument("--out", default="bench/results/dino_ablation")
     parser.add_argument("--only", default=None, help="comma-separated variant names")
