@@ -151,8 +151,8 @@ def test_the_method_loss_reads_each_heads_labels_at_the_batch_indices():
 
 def test_cluster_heads_score_images():
     heads = _method().cluster_heads()
-    assert sorted(heads) == ["head0", "head1"]
-    assert heads["head1"].eval()(torch.randn(3, 1, 28, 28)).shape == (3, 6)
+    assert sorted(heads) == ["0", "1"]  # shown as "head 0", "head 1"
+    assert heads["1"].eval()(torch.randn(3, 1, 28, 28)).shape == (3, 6)
 
 
 # -- through the engine ----------------------------------------------------------------------------

@@ -224,5 +224,5 @@ class SeLa(Method):
     # -- declarations ------------------------------------------------------------------------
 
     def cluster_heads(self) -> dict[str, nn.Module]:
-        return {f"head{index}": nn.Sequential(self.backbone, head)
+        return {str(index): nn.Sequential(self.backbone, head)
                 for index, head in enumerate(self.heads)}
