@@ -17,13 +17,15 @@ and a blur whose sigma is a fraction of the view side.
 
 **Projector size.** The papers' projector is 3 layers of 8192 units on a ResNet-50's 2048
 features, and both show that wider is better (Barlow Twins, Fig. 4; VICReg, Table 7). On
-this package's ConvNet (512 features, about 31 MFLOP per 20 px view for forward and
+this package's ConvNet (512 features, about 30 MFLOP per 20 px view for forward and
 backward, docs/benchmarks.md) a 512-8192-8192-8192 projector would be 0.9 GFLOP per view,
-thirty times the backbone. Each size is a trade against the epochs a 10-minute budget buys
-(some 20-40 with SimCLR's small head): 3 layers of 1024 units cost about 16 MFLOP per view
-(half the backbone), and the loss's ``[D, D]`` products about as much again as a further
-1024 x 1024 layer; 3 layers of 2048 would cost about 56 MFLOP plus 4 times the loss's
-products, nearly tripling the step. The default sizes are each method's (see its module).
+thirty times the backbone. Each size is a trade against the epochs a 10-minute budget buys.
+Counted with ``FlopCounterMode`` for a whole step (two views, forward and backward, the
+loss's ``[D, D]`` products included): SimCLR's default 60 MFLOP per image; with 3 layers
+of 1,024 units Barlow Twins 93 and VICReg 100 (as BYOL's 93); with 3 layers of 2,048 units
+194 and 219. The defaults are 3 layers of 1,024 units, the papers' depth; a 2-minute run
+with 2,048 (Barlow Twins) made half the steps and was 6 points worse by kNN.
+
 Both views go through each network in one pass of 2N images (batch-norm statistics over
 both views; the official code runs the views separately).
 """
