@@ -39,9 +39,8 @@ import torch
 from torch import nn
 
 from fewlabels.augment.multicrop import MultiCropViews
-from fewlabels.augment.recipes import default_view_size
 from fewlabels.errors import UserError
-from fewlabels.methods.base import Batch, DataInfo, Method, check_view_size
+from fewlabels.methods.base import Batch, DataInfo, Method, resolve_view_size
 from fewlabels.models.heads import ProjectionHead
 from fewlabels.options import option
 
@@ -72,9 +71,7 @@ class JointEmbeddingMethod(Method):
             if getattr(config, name) < 1:
                 flag = "--" + name.replace("_", "-")
                 raise UserError(f"{flag} must be at least 1, got {getattr(config, name)}")
-        view_size = config.view_size or default_view_size(data.image_size)
-        if view_size != data.image_size:
-            check_view_size(backbone, data.channels, view_size)
+        view_size = resolve_view_size(backbone, data, config.view_size)
         # Stored resolved, so a resumed run keeps its views if the default rule changes.
         self.config = dataclasses.replace(config, view_size=view_size)
         self.views = MultiCropViews(
