@@ -29,14 +29,13 @@ few tens of megabytes.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 from fewlabels.errors import UserError
+from fewlabels.threads import single_thread_if_small
 
 Initialisation = Literal["k-means++", "random"]
 
@@ -89,7 +88,7 @@ def kmeans(
                         f"choose a number of clusters between 1 and {count}")
     if iterations < 1:
         raise ValueError("k-means needs at least one iteration")
-    with _one_thread_if_small(count * features.shape[1] * k):
+    with single_thread_if_small(count * features.shape[1] * k, _SINGLE_THREAD_BELOW):
         return _kmeans(features, k, generator, iterations, tolerance, init)
 
 
@@ -130,19 +129,6 @@ def _kmeans(features: torch.Tensor, k: int, generator: torch.Generator, iteratio
     inertia = _inertia(points, centroids, assignments)
     return KMeansResult(centroids=centroids, assignments=assignments, inertia=inertia,
                         iterations=done, reassigned=reassigned)
-
-
-@contextlib.contextmanager
-def _one_thread_if_small(work: int) -> Iterator[None]:
-    threads = torch.get_num_threads()
-    if work >= _SINGLE_THREAD_BELOW or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def nearest_centroids(

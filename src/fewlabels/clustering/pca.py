@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from fewlabels.threads import one_thread
+
 __all__ = ["PCAWhitening", "fit_pca_whitening", "pca_whiten_normalize"]
 
 # Rows per block when accumulating the covariance.
@@ -91,12 +93,8 @@ def _eigh_one_thread(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     machine), so the threads only wait for each other."""
     if matrix.device.type != "cpu":
         return torch.linalg.eigh(matrix)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         return torch.linalg.eigh(matrix)
-    finally:
-        torch.set_num_threads(threads)
 
 
 @torch.no_grad()

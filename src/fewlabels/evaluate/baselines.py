@@ -21,7 +21,7 @@ from torch import nn
 from fewlabels.augment.convert import normalize, to_float
 from fewlabels.data.imageset import ImageSet
 from fewlabels.engine.optim import build_optimizer
-from fewlabels.evaluate.features import single_thread_if_small
+from fewlabels.threads import single_thread_if_small
 
 BackboneFactory = Callable[[], nn.Module]
 # Batches of fewer pixel values than this train on one thread (see single_thread_if_small):

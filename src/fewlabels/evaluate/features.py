@@ -10,8 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,26 +20,6 @@ from torch import nn
 from fewlabels.atomic import atomic_torch_save
 from fewlabels.augment.convert import normalize, to_float
 from fewlabels.data.imageset import ImageSet
-
-
-@contextmanager
-def single_thread_if_small(size: int, threshold: int) -> Iterator[None]:
-    """Run the block on one intra-op thread when ``size`` (values per step) is below
-    ``threshold``, then restore the thread count.
-
-    For small tensors the threads' hand-offs cost more than they save, and on a busy shared
-    CPU far more: measured on 2 contended cores, a 120 x 16 linear probe took 0.5-4 s on two
-    threads and 16 ms on one; 40 supervised steps on 10 images 23 s against 2.7 s.
-    """
-    threads = torch.get_num_threads()
-    if size >= threshold or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @torch.no_grad()

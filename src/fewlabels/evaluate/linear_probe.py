@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from fewlabels.data.splits import stratified_folds
-from fewlabels.evaluate.features import single_thread_if_small
+from fewlabels.threads import single_thread_if_small
 
 # Coefficients ``lambda`` of ``mean cross-entropy + lambda / 2 * ||W||^2`` on features whose
 # coordinates have mean square about 1 (the bias is not decayed).
