@@ -1,14 +1,13 @@
 """DINO's collapse ablation at small scale (Caron et al. 2021, §5.3 and Fig. 7): DINO as it is,
 with the teacher a copy of the student (no momentum), and without centring. Each run trains
 for the same number of epochs (equal work, so a busy machine does not favour one) with the
-collapse monitor off, then is evaluated with kNN (all labels and
-10 per class); the collapse signals logged during training (the spread of the teacher's
-normalised outputs across the batch, 1 = spread over the sphere, 0 = one point; the mean
-entropy of the teacher's per-image distributions and the entropy of their batch mean) are
-plotted against the step.
+collapse monitor off, then is evaluated with kNN (all labels and 10 per class); the collapse
+signals logged during training (the spread of the teacher's distributions across the batch,
+0 when every image gets the same one; the mean entropy of the teacher's per-image
+distributions and the entropy of their batch mean) are plotted against the step.
 
     .venv/bin/python bench/dino_ablation.py [--epochs 4] [--out bench/results/dino_ablation]
-        [-- extra pretrain options for every run]
+        [--replot] [-- extra pretrain options for every run]
 """
 
 from __future__ import annotations
@@ -58,7 +57,7 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    titles = {"embedding_spread": "spread of the teacher's outputs (1 = sphere, 0 = a point)",
+    titles = {"embedding_spread": "spread of the teacher's distributions (0 = all the same)",
               "teacher_entropy": "mean entropy of the teacher (nats)",
               "teacher_entropy_of_mean": "entropy of the teacher's batch mean (nats)"}
     figure, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -80,11 +79,16 @@ def main() -> int:
     parser.add_argument("--data", default="fashion-mnist")
     parser.add_argument("--out", default="bench/results/dino_ablation")
     parser.add_argument("--only", default=None, help="comma-separated variant names")
+    parser.add_argument("--replot", action="store_true",
+                        help="only draw OUT/ablation.png again from OUT/ablation.json")
     parser.add_argument("extra", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     args.extra = [a for a in args.extra if a != "--"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.replot:
+        plot(json.loads((out / "ablation.json").read_text()), out / "ablation.png")
+        return 0
     chosen = args.only.split(",") if args.only else list(VARIANTS)
     results = {name: run_variant(name, VARIANTS[name], out, args) for name in chosen}
     atomic_write_text(out / "ablation.json", json.dumps(results, indent=1) + "\n")
