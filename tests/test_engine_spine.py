@@ -153,6 +153,38 @@ def test_a_budget_on_a_fake_clock_gives_a_monotone_momentum_from_start_to_end(
     assert load_checkpoint(tmp_path)["finished"]
 
 
+def test_epoch_work_the_budget_has_no_time_for_is_skipped(tmp_path, monkeypatch):
+    """Steps take 1 s and every epoch's work 8 s, in a budget of 29.4 s (3 steps an epoch):
+    work at 0 s and 11 s; at 22 s the work would end at 30 s, after the budget: skipped."""
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(trainer_module, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+    real_step, real_work = Trainer._training_step, Probe.on_epoch_start
+
+    def timed_step(self):
+        clock.now += 1.0
+        return real_step(self)
+
+    def timed_work(self, context):
+        clock.now += 8.0
+        self.progresses.append(context.progress)
+        return real_work(self, context)
+
+    monkeypatch.setattr(Trainer, "_training_step", timed_step)
+    monkeypatch.setattr(Probe, "on_epoch_start", timed_work)
+    monkeypatch.setattr(Probe, "progresses", [], raising=False)
+    with probe_registered():
+        trainer = _trainer(tmp_path, _images(), budget_minutes=0.5)
+        result = trainer.run()
+    assert [c[1] for c in trainer.method.calls if c[0] == "epoch"] == [0, 1]
+    assert trainer.method.progresses == pytest.approx([0.0, 11 / 29.4])
+    assert result.step == 6 + 8  # steps until 22 s + 8 s = 30 s >= 29.4 s
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+    skipped = [r for r in records if r.get("event") == "epoch_work_skipped"]
+    assert [(r["step"], r["epoch"]) for r in skipped] == [(6, 2), (9, 3), (12, 4)]
+    work = [r for r in records if r.get("event") == "epoch_work"]
+    assert [r["epoch_work_seconds"] for r in work] == [8.0, 8.0]
+
+
 def test_collapse_stops_the_run_with_one_line(tmp_path, capsys):
     with probe_registered():
         status = main(["pretrain", "--method", "probe", "--out", str(tmp_path / "run"), *DATA,

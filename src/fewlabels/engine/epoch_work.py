@@ -36,6 +36,7 @@ class EpochContext:
     std: Sequence[float]
     generator: torch.Generator
     _reset_optimizer_state: Callable[[Iterable[nn.Parameter]], None]
+    progress: float = 0.0  # the fraction of training done, by steps or by the time budget
 
     @property
     def num_images(self) -> int:

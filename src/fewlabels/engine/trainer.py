@@ -175,6 +175,7 @@ class Trainer:
         self.monitor = CollapseMonitor()
 
         self.step, self.elapsed_before = 0, 0.0
+        self.epoch_work_seconds = 0.0  # how long the last epoch-level work took
         if checkpoint is not None:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
             torch.set_rng_state(checkpoint["torch_rng"])
@@ -220,20 +221,29 @@ class Trainer:
 
     def _epoch_work(self, log: MetricsLog) -> None:
         """The method's work over the whole training set before an epoch, timed and logged
-        as its own record (not as a step's time)."""
-        started = time.perf_counter()
+        as its own record (not as a step's time). Under a time budget it is skipped when the
+        last one took longer than the budget has left: no step would follow it."""
         epoch = self.step // self.steps_per_epoch
+        if (self.budget_seconds is not None
+                and self.elapsed + self.epoch_work_seconds >= self.budget_seconds):
+            log.log(self.step, {"event": "epoch_work_skipped", "epoch": epoch,
+                                "reason": "the time budget is nearly spent"})
+            return
+        started = time.perf_counter()
         generator = torch.Generator(device=self.fabric.device)
         generator.manual_seed(epoch_seed(self.config.seed, epoch))
         context = EpochContext(
             epoch=epoch, step=self.step, steps_per_epoch=self.steps_per_epoch,
+            progress=self.clock.progress_at(self.step, self.elapsed),
             images=self.images, mean=self.method.data.mean, std=self.method.data.std,
             generator=generator, _reset_optimizer_state=optimizer_state_resetter(self.optimizer))
         numbers = self.method.on_epoch_start(context)
+        # The slowest device's time, so every device makes the same decision next epoch.
+        _, self.epoch_work_seconds = synchronized(self.fabric, False,
+                                                  time.perf_counter() - started)
         if numbers is not None:
-            seconds = time.perf_counter() - started
             log.log(self.step, {"event": "epoch_work", "epoch": epoch,
-                                "epoch_work_seconds": seconds, **numbers})
+                                "epoch_work_seconds": self.epoch_work_seconds, **numbers})
 
     def _make_inputs(self) -> tuple[Any, int]:
         """This device's part of the step's global batch, with the images' dataset indices,
