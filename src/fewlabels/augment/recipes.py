@@ -75,6 +75,12 @@ def default_view_size(image_size: int) -> int:
     return (3 * image_size // 4) // 4 * 4
 
 
+def default_local_view_size(global_size: int) -> int:
+    """3/5 of the global side rounded to a multiple of 4 (12 px for 20 px global views),
+    close to multi-crop's 96/224 relative to the image (DINO, SwAV); at least 4."""
+    return max(4, round(0.6 * global_size / 4) * 4)
+
+
 @dataclass(frozen=True)
 class SimCLRViews:
     """SimCLR's augmentation (Chen et al. 2020, Appendix A), ``num_views`` views per image.

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewlabels.augment.recipes import default_view_size
+from fewlabels.augment.recipes import default_local_view_size, default_view_size
 from fewlabels.engine.epoch_work import EpochContext
 from fewlabels.engine.optim import ParameterOptions
 from fewlabels.engine.recipe import TrainingRecipe
@@ -40,7 +40,8 @@ from fewlabels.errors import UserError
 from fewlabels.options import to_plain
 
 __all__ = ["Batch", "DataInfo", "EpochContext", "Method", "ParameterOptions", "StepInfo",
-           "TrainingRecipe", "check_view_size", "embedding_spread", "resolve_view_size"]
+           "TrainingRecipe", "check_view_size", "embedding_spread", "resolve_multicrop_sizes",
+           "resolve_view_size"]
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,19 @@ def resolve_view_size(backbone: nn.Module, data: DataInfo, size: int) -> int:
     if view_size != data.image_size:
         check_view_size(backbone, data.channels, view_size)
     return view_size
+
+
+def resolve_multicrop_sizes(backbone: nn.Module, data: DataInfo, global_size: int,
+                            local_size: int, local_views: int) -> tuple[int, int]:
+    """The sides of multi-crop's global and local views (DINO, SwAV): each, or when it is 0
+    its default (:func:`~fewlabels.augment.recipes.default_view_size`, then
+    :func:`~fewlabels.augment.recipes.default_local_view_size` of the global side), checked
+    against ``backbone`` where views of that size are made."""
+    global_size = resolve_view_size(backbone, data, global_size)
+    local_size = local_size or default_local_view_size(global_size)
+    if local_views:
+        check_view_size(backbone, data.channels, local_size)
+    return global_size, local_size
 
 
 def check_view_size(backbone: nn.Module, channels: int, size: int) -> None:

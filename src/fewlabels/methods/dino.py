@@ -37,7 +37,6 @@ import torch
 from torch import nn
 
 from fewlabels.augment.multicrop import MultiCropViews
-from fewlabels.augment.recipes import default_view_size
 from fewlabels.engine.schedule import Schedule
 from fewlabels.losses.distillation import dino_loss, teacher_entropy, updated_center
 from fewlabels.methods.base import (
@@ -46,8 +45,8 @@ from fewlabels.methods.base import (
     Method,
     StepInfo,
     TrainingRecipe,
-    check_view_size,
     embedding_spread,
+    resolve_multicrop_sizes,
 )
 from fewlabels.methods.registry import METHODS
 from fewlabels.models.heads import DINOHead
@@ -92,12 +91,6 @@ class DINOConfig:
         (0.05, 0.4), "area of a local crop: min,max")
 
 
-def default_local_view_size(global_size: int) -> int:
-    """3/5 of the global side rounded to a multiple of 4 (12 px for 20 px global views),
-    close to the paper's 96/224 relative to the image; at least 4."""
-    return max(4, round(0.6 * global_size / 4) * 4)
-
-
 @METHODS.register("dino", "DINO: self-distillation with a centred, sharpened momentum "
                           "teacher and multi-crop (Caron et al. 2021)")
 class DINO(Method):
@@ -118,12 +111,8 @@ class DINO(Method):
 
     def __init__(self, backbone: nn.Module, config: DINOConfig, data: DataInfo) -> None:
         super().__init__(backbone, config, data)
-        global_size = config.global_view_size or default_view_size(data.image_size)
-        local_size = config.local_view_size or default_local_view_size(global_size)
-        if global_size != data.image_size:
-            check_view_size(backbone, data.channels, global_size)
-        if config.local_views:
-            check_view_size(backbone, data.channels, local_size)
+        global_size, local_size = resolve_multicrop_sizes(
+            backbone, data, config.global_view_size, config.local_view_size, config.local_views)
         # Stored resolved, so a resumed run keeps its views if a default rule changes.
         self.config = dataclasses.replace(config, global_view_size=global_size,
                                           local_view_size=local_size)

@@ -42,7 +42,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewlabels.augment.multicrop import MultiCropViews
-from fewlabels.augment.recipes import default_view_size
 from fewlabels.distributed import all_reduce_sum_no_gradient, rank, world_size
 from fewlabels.errors import UserError
 from fewlabels.losses.swav import swav_codes, swav_loss
@@ -52,10 +51,9 @@ from fewlabels.methods.base import (
     Method,
     StepInfo,
     TrainingRecipe,
-    check_view_size,
     embedding_spread,
+    resolve_multicrop_sizes,
 )
-from fewlabels.methods.dino import default_local_view_size
 from fewlabels.methods.registry import METHODS
 from fewlabels.models.heads import ProjectionHead, PrototypeHead
 from fewlabels.models.memory import FeatureQueue
@@ -145,12 +143,8 @@ class SwAV(Method):
 
     def __init__(self, backbone: nn.Module, config: SwAVConfig, data: DataInfo) -> None:
         super().__init__(backbone, config, data)
-        global_size = config.global_view_size or default_view_size(data.image_size)
-        local_size = config.local_view_size or default_local_view_size(global_size)
-        if global_size != data.image_size:
-            check_view_size(backbone, data.channels, global_size)
-        if config.local_views:
-            check_view_size(backbone, data.channels, local_size)
+        global_size, local_size = resolve_multicrop_sizes(
+            backbone, data, config.global_view_size, config.local_view_size, config.local_views)
         # Stored resolved, so a resumed run keeps its views if a default rule changes.
         self.config = dataclasses.replace(config, global_view_size=global_size,
                                           local_view_size=local_size)
