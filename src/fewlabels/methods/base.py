@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewlabels.augment.recipes import default_local_view_size, default_view_size
+from fewlabels.augment.recipes import SimCLRViews, default_local_view_size, default_view_size
 from fewlabels.engine.epoch_work import EpochContext
 from fewlabels.engine.optim import ParameterOptions
 from fewlabels.engine.recipe import TrainingRecipe
@@ -40,7 +40,8 @@ from fewlabels.errors import UserError
 from fewlabels.options import to_plain
 
 __all__ = ["Batch", "DataInfo", "EpochContext", "Method", "ParameterOptions", "StepInfo",
-           "TrainingRecipe", "check_view_size", "embedding_spread", "resolve_multicrop_sizes",
+           "TrainingRecipe", "check_num_images", "check_options", "check_view_size",
+           "single_view_recipe", "embedding_spread", "resolve_multicrop_sizes",
            "resolve_view_size"]
 
 
@@ -210,6 +211,37 @@ def resolve_view_size(backbone: nn.Module, data: DataInfo, size: int) -> int:
     if view_size != data.image_size:
         check_view_size(backbone, data.channels, view_size)
     return view_size
+
+
+def check_options(checks: list[tuple[bool, str]]) -> None:
+    """Raise :class:`UserError` with the message of the first ``(ok, message)`` not ok: a
+    method's check of its options, one line that says what to do."""
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
+def check_num_images(data: DataInfo, needs: str) -> None:
+    """A method that keeps something per training image (memory bank, pseudo-labels) needs
+    their number, which runs made before it was stored lack; ``needs`` says what needs it,
+    e.g. ``"NPID sizes its memory bank from"``."""
+    if data.num_images < 1:
+        raise UserError(f"{needs} the number of training images, which this run's "
+                        "description lacks (an older run); start a new run")
+
+
+def single_view_recipe(backbone: nn.Module, config: Any, data: DataInfo
+                       ) -> tuple[SimCLRViews, int]:
+    """SimCLR's augmentation with one view per image (NPID, DeepCluster, SeLa) at
+    ``config.view_size`` (0: the default size, see :func:`resolve_view_size`), from the
+    config's ``crop_scale_min``, ``jitter_strength`` and ``grayscale_probability``; returns
+    the recipe and the resolved size."""
+    view_size = resolve_view_size(backbone, data, config.view_size)
+    views = SimCLRViews(image_size=view_size, mean=data.mean, std=data.std,
+                        crop_scale=(config.crop_scale_min, 1.0),
+                        jitter_strength=config.jitter_strength,
+                        grayscale_p=config.grayscale_probability, num_views=1)
+    return views, view_size
 
 
 def resolve_multicrop_sizes(backbone: nn.Module, data: DataInfo, global_size: int,

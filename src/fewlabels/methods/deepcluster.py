@@ -41,7 +41,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fewlabels.augment.recipes import SimCLRViews
 from fewlabels.clustering.kmeans import kmeans
 from fewlabels.clustering.metrics import normalized_mutual_information
 from fewlabels.clustering.pca import pca_whiten_normalize
@@ -54,8 +53,10 @@ from fewlabels.methods.base import (
     Method,
     StepInfo,
     TrainingRecipe,
+    check_num_images,
+    check_options,
     embedding_spread,
-    resolve_view_size,
+    single_view_recipe,
 )
 from fewlabels.methods.registry import METHODS
 from fewlabels.options import option
@@ -79,24 +80,6 @@ class DeepClusterConfig:
     jitter_strength: float = option(
         0.5, "colour jitter strength s: brightness, contrast, saturation 0.8 s, hue 0.2 s")
     grayscale_probability: float = option(0.2, "probability of converting a view to gray")
-
-
-def single_view_recipe(method: Method, config: object, data: DataInfo) -> tuple[SimCLRViews, int]:
-    """SimCLR's augmentation with one view per image at ``config.view_size`` (0: the
-    default size), checked against the backbone; returns the recipe and the resolved size."""
-    view_size = resolve_view_size(method.backbone, data, config.view_size)
-    views = SimCLRViews(image_size=view_size, mean=data.mean, std=data.std,
-                        crop_scale=(config.crop_scale_min, 1.0),
-                        jitter_strength=config.jitter_strength,
-                        grayscale_p=config.grayscale_probability, num_views=1)
-    return views, view_size
-
-
-def check_labelled_images(method: str, data: DataInfo) -> None:
-    """A method that stores a label per training image needs their number."""
-    if data.num_images < 1:
-        raise UserError(f"{method} stores a pseudo-label per training image, and this run's "
-                        "description lacks their number (an older run); start a new run")
 
 
 def normal_reinit_(layer: nn.Linear, generator: torch.Generator, std: float = 0.01) -> None:
@@ -124,7 +107,7 @@ class DeepCluster(Method):
     )
 
     def __init__(self, backbone: nn.Module, config: DeepClusterConfig, data: DataInfo) -> None:
-        check_labelled_images("DeepCluster", data)
+        check_num_images(data, "DeepCluster keeps a pseudo-label per image and needs")
         checks = [
             (config.clusters >= 2, f"--clusters must be at least 2, got {config.clusters}"),
             (config.clusters <= data.num_images,
@@ -134,11 +117,9 @@ class DeepCluster(Method):
             (config.kmeans_iterations >= 1, "--kmeans-iterations must be at least 1"),
             (config.recluster_every >= 1, "--recluster-every must be at least 1"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(message)
+        check_options(checks)
         super().__init__(backbone, config, data)
-        self.views, view_size = single_view_recipe(self, config, data)
+        self.views, view_size = single_view_recipe(backbone, config, data)
         # Stored resolved, so a resumed run keeps its views if the default rule changes.
         self.config = dataclasses.replace(config, view_size=view_size)
         self.classifier = nn.Linear(backbone.feature_dim, config.clusters)

@@ -42,7 +42,6 @@ from typing import Literal
 import torch
 from torch import nn
 
-from fewlabels.augment.recipes import SimCLRViews
 from fewlabels.errors import UserError
 from fewlabels.losses.instance import estimate_nce_normalizer, npid_nce_loss, npid_softmax_loss
 from fewlabels.methods.base import (
@@ -52,8 +51,10 @@ from fewlabels.methods.base import (
     Method,
     StepInfo,
     TrainingRecipe,
+    check_num_images,
+    check_options,
     embedding_spread,
-    resolve_view_size,
+    single_view_recipe,
 )
 from fewlabels.methods.registry import METHODS
 from fewlabels.models.memory import MemoryBank
@@ -95,9 +96,7 @@ class NPID(Method):
     )
 
     def __init__(self, backbone: nn.Module, config: NPIDConfig, data: DataInfo) -> None:
-        if data.num_images < 1:
-            raise UserError("NPID sizes its memory bank from the number of training images, "
-                            "which this run's description lacks (an older run); start a new run")
+        check_num_images(data, "NPID sizes its memory bank from")
         checks = [
             (config.loss in ("softmax", "nce"), f"--loss must be softmax or nce, got "
                                                 f"{config.loss!r}"),
@@ -108,17 +107,11 @@ class NPID(Method):
             (config.negatives >= 1, f"--negatives must be at least 1, got {config.negatives}"),
             (config.proximal_weight >= 0, "--proximal-weight must be at least 0"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(message)
+        check_options(checks)
         super().__init__(backbone, config, data)
-        view_size = resolve_view_size(backbone, data, config.view_size)
+        self.views, view_size = single_view_recipe(backbone, config, data)
         # Stored resolved, so a resumed run keeps its views if the default rule changes.
         self.config = config = dataclasses.replace(config, view_size=view_size)
-        self.views = SimCLRViews(
-            image_size=view_size, mean=data.mean, std=data.std,
-            crop_scale=(config.crop_scale_min, 1.0), jitter_strength=config.jitter_strength,
-            grayscale_p=config.grayscale_probability, num_views=1)
         self.embedding = nn.Linear(backbone.feature_dim, config.embedding_dim)
         self.memory = MemoryBank(data.num_images, config.embedding_dim)
         # NCE's normaliser Z, estimated on the first batch; 0 = not yet.

@@ -63,9 +63,11 @@ from fewlabels.methods.base import (
     Method,
     StepInfo,
     TrainingRecipe,
+    check_num_images,
+    check_options,
     embedding_spread,
+    single_view_recipe,
 )
-from fewlabels.methods.deepcluster import check_labelled_images, single_view_recipe
 from fewlabels.methods.registry import METHODS
 from fewlabels.options import option
 
@@ -145,7 +147,7 @@ class SeLa(Method):
     )
 
     def __init__(self, backbone: nn.Module, config: SeLaConfig, data: DataInfo) -> None:
-        check_labelled_images("SeLa", data)
+        check_num_images(data, "SeLa keeps a pseudo-label per image and needs")
         checks = [
             (config.clustering_heads >= 1, f"--clustering-heads must be at least 1, got "
                                            f"{config.clustering_heads}"),
@@ -158,11 +160,9 @@ class SeLa(Method):
             (config.sinkhorn_iterations >= 1, "--sinkhorn-iterations must be at least 1"),
             (config.sinkhorn_tolerance > 0, "--sinkhorn-tolerance must be positive"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(message)
+        check_options(checks)
         super().__init__(backbone, config, data)
-        self.views, view_size = single_view_recipe(self, config, data)
+        self.views, view_size = single_view_recipe(backbone, config, data)
         # Stored resolved, so a resumed run keeps its views if the default rule changes.
         self.config = dataclasses.replace(config, view_size=view_size)
         self.heads = nn.ModuleList(nn.Linear(backbone.feature_dim, config.clusters)

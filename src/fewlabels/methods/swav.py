@@ -43,7 +43,6 @@ from torch import nn
 
 from fewlabels.augment.multicrop import MultiCropViews
 from fewlabels.distributed import all_reduce_sum_no_gradient, rank, world_size
-from fewlabels.errors import UserError
 from fewlabels.losses.swav import swav_codes, swav_loss
 from fewlabels.methods.base import (
     Batch,
@@ -51,6 +50,7 @@ from fewlabels.methods.base import (
     Method,
     StepInfo,
     TrainingRecipe,
+    check_options,
     embedding_spread,
     resolve_multicrop_sizes,
 )
@@ -105,9 +105,7 @@ class SwAVConfig:
             (self.queue_start_epoch >= 0, "--queue-start-epoch must be at least 0"),
             (self.jitter_strength >= 0, "--jitter-strength must be at least 0"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(message)
+        check_options(checks)
 
 
 class PrototypeScores(nn.Module):
