@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from fewlabels.engine.schedule import Schedule
-from fewlabels.errors import UserError
+from fewlabels.errors import check_options
 from fewlabels.options import option
 
 
@@ -63,9 +63,7 @@ class TrainingRecipe:
              f"--adamw-betas must be two numbers in [0, 1), got {self.adamw_betas}"),
             (self.gradient_clip >= 0, "--gradient-clip must be at least 0 (0: off)"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(message)
+        check_options(checks)
 
     def learning_rate_schedule(self) -> Schedule:
         """Warm-up then cosine, scaled by ``batch_size / 256`` (Goyal et al. 2017)."""

@@ -36,7 +36,7 @@ from fewlabels.engine.epoch_work import EpochContext
 from fewlabels.engine.optim import ParameterOptions
 from fewlabels.engine.recipe import TrainingRecipe
 from fewlabels.engine.schedule import Schedule
-from fewlabels.errors import UserError
+from fewlabels.errors import UserError, check_options
 from fewlabels.options import to_plain
 
 __all__ = ["Batch", "DataInfo", "EpochContext", "Method", "ParameterOptions", "StepInfo",
@@ -211,14 +211,6 @@ def resolve_view_size(backbone: nn.Module, data: DataInfo, size: int) -> int:
     if view_size != data.image_size:
         check_view_size(backbone, data.channels, view_size)
     return view_size
-
-
-def check_options(checks: list[tuple[bool, str]]) -> None:
-    """Raise :class:`UserError` with the message of the first ``(ok, message)`` not ok: a
-    method's check of its options, one line that says what to do."""
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)
 
 
 def check_num_images(data: DataInfo, needs: str) -> None:
