@@ -45,8 +45,8 @@ def test_gradients_reach_every_parameter_and_the_features():
 
 def test_fits_a_tiny_batch():
     torch.manual_seed(0)
-    decoder = PixelDecoder(feature_dim=16, out_channels=1, image_size=28, width=8)
-    features, targets = torch.randn(8, 16), torch.randn(8, 1, 28, 28)
+    decoder = PixelDecoder(feature_dim=16, out_channels=1, image_size=14, width=8)
+    features, targets = torch.randn(8, 16), torch.randn(8, 1, 14, 14)
     optimizer = torch.optim.Adam(decoder.parameters(), lr=1e-2)
     losses = []
     for _ in range(60):
