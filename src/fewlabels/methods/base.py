@@ -167,6 +167,16 @@ class Method(nn.Module):
         ``evaluate --protocol clusters`` scores against the true labels. None by default."""
         return {}
 
+    def reconstruct(self, images: torch.Tensor, generator: torch.Generator
+                    ) -> dict[str, torch.Tensor]:
+        """Masked image modelling methods: mask normalised ``images [N, C, H, W]`` with
+        ``generator`` and predict them; returns ``"masked"`` (the input with its masked
+        pixels at 0), ``"reconstruction"`` (the prediction, normalised like the input) and
+        ``"mask"`` (bool ``[N, 1, H, W]``, True where masked). Other methods raise
+        :class:`UserError`."""
+        raise UserError(f"{self.name} runs make no reconstructions; train a masked image "
+                        "modelling method (e.g. --method mae --backbone vit)")
+
     def eval_mode_modules(self) -> list[nn.Module]:
         """Submodules kept in eval mode while the method trains."""
         return []
