@@ -2,14 +2,17 @@
 
 from fewlabels.methods import (  # noqa: F401
     barlow_twins,
+    beit,
     byol,
     deepcluster,
     dino,
+    mae,
     moco,
     mocov3,
     npid,
     sela,
     simclr,
+    simmim,
     simsiam,
     swav,
     vicreg,
