@@ -462,8 +462,8 @@ def test_bad_npz_files_are_user_errors(tmp_path, problem):
 
 
 def test_registry_lists_every_kind_with_its_form():
-    assert DATASETS.names() == ["cifar10", "cifar100", "fashion-mnist", "fashion-mnist-sample",
-                                "folder", "mnist", "npz", "stl10"]
+    assert DATASETS.names() == ["cifar10", "cifar100", "fashion-mnist", "fashion-mnist-m",
+                                "fashion-mnist-sample", "folder", "mnist", "npz", "stl10"]
     assert DATASETS.summary("cifar10").startswith("cifar10:PATH  CIFAR-10 python pickle")
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from fewlabels.data.bundle import DataBundle, DatasetParts
 from fewlabels.data.cifar import open_cifar_dataset
 from fewlabels.data.fashion_mnist import locate_fashion_mnist, sample_path
+from fewlabels.data.fashion_mnist_m import open_fashion_mnist_m
 from fewlabels.data.folder import CORRUPT_CHOICES, open_image_folder
 from fewlabels.data.idx import FASHION_MNIST_CLASSES, MNIST_CLASSES, open_idx_dataset
 from fewlabels.data.npz import open_npz_dataset
@@ -92,6 +93,12 @@ def _open_fashion_mnist_sample(
     path: Path | None, options: ReadOptions
 ) -> tuple[DatasetParts, str]:
     return open_npz_dataset(sample_path(), "fashion-mnist-sample"), "fashion-mnist-sample"
+
+
+@_register("fashion-mnist-m", PathRule.NONE,
+           "Fashion-MNIST over colour photo patches, 3x28x28 (as MNIST-M); built once, cached")
+def _open_fashion_mnist_m(path: Path | None, options: ReadOptions) -> tuple[DatasetParts, str]:
+    return open_fashion_mnist_m(), "fashion-mnist-m"
 
 
 @_register("mnist", PathRule.REQUIRED,
