@@ -18,6 +18,7 @@ COMMANDS = {
     "embed": "fewlabels.commands.embed",
     "attention": "fewlabels.commands.attention",
     "clusters": "fewlabels.commands.clusters",
+    "reconstruct": "fewlabels.commands.reconstruct",
     "demo": "fewlabels.commands.demo",
     "list": "fewlabels.commands.listing",
 }
