@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from engine_harness import compare_one_and_two_processes
 from fewlabels.cli import main
 from fewlabels.engine.checkpoint import load_checkpoint
 from fewlabels.engine.epoch_work import EpochContext
@@ -98,6 +99,10 @@ def test_the_tokenizer_assigns_the_nearest_centre_in_whitened_space():
     tokens = tokenizer(patches)
     distances = (whitened[:, None] - tokenizer.centres[None]).pow(2).sum(-1)  # [M, K]
     assert torch.equal(tokens, distances.argmin(1))
+    # decoding a word gives the pixels whose whitened coordinates are its centre
+    words = torch.arange(16)
+    torch.testing.assert_close(tokenizer.whiten(tokenizer.decode(words)), tokenizer.centres,
+                               atol=1e-3, rtol=1e-4)
 
 
 def _epoch_context(images, seed=0):
@@ -124,6 +129,8 @@ def test_beit_fits_its_vocabulary_once_and_predicts_masked_tokens():
     assert (mask.sum(1) <= 20).all() and mask.sum(1).float().mean() > 17  # BEiT's 40 %
     assert torch.equal(tokens, method.tokenizer(patchify(views, 4).flatten(0, 1)).view(6, 49))
     assert 0 <= out["masked_token_accuracy"] <= 1 and torch.isfinite(out["loss"])
+    result = method.reconstruct(views, generator)
+    assert result["reconstruction"].shape == views.shape
 
 
 def test_beit_vocabulary_is_saved_with_the_run(tmp_path):
@@ -150,3 +157,12 @@ def test_simmim_and_beit_refuse_other_backbones():
     for method, config in ((SimMIM, SimMIMConfig()), (BEiT, BEiTConfig())):
         with pytest.raises(UserError, match="--backbone vit"):
             method(convnet, config, DATA)
+
+
+@pytest.mark.slow
+def test_beit_two_processes_equal_one(tmp_path):
+    """Block-wise masks hold different numbers of patches on the two devices: the loss is
+    normalised by the global count, so the gradients equal one process's."""
+    compare_one_and_two_processes(
+        tmp_path, "beit", {"vocabulary_size": 8, "tokenizer_patches": 500},
+        {"name": "vit", "width": 32, "depth": 1}, steps=3, batch_size=16)

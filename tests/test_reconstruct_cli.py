@@ -62,8 +62,8 @@ def test_a_run_without_reconstructions_fails_in_one_line(tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "simclr runs make no reconstructions" in error
     assert "mae" in error and "simmim" in error and not (tmp_path / "x.png").exists()
-    assert {"mae", "simmim"} <= set(reconstructing_methods())
-    assert "beit" not in reconstructing_methods()
+    assert {"mae", "simmim", "beit"} <= set(reconstructing_methods())
+    assert "simclr" not in reconstructing_methods()
 
 
 def test_out_must_be_a_png(mae_run, tmp_path, capsys):

@@ -28,10 +28,11 @@ MASK_GREY = 0.5  # masked pixels in the "masked" row, on the [0, 1] scale
 
 def add_parser(subparsers: Any, argv: list[str]) -> None:  # noqa: ARG001
     parser = subparsers.add_parser(
-        "reconstruct", help="a grid of original, masked and reconstructed images (MAE, SimMIM)",
-        description="Mask a few test images as a masked image modelling run (MAE, SimMIM) "
-                    "was trained to, and draw the originals, the masked inputs and the "
-                    "run's reconstructions as a PNG.")
+        "reconstruct", help="a grid of original, masked and reconstructed images "
+                            "(MAE, SimMIM, BEiT)",
+        description="Mask a few test images as a masked image modelling run (MAE, SimMIM, "
+                    "BEiT: each patch drawn as its predicted word) was trained to, and draw "
+                    "the originals, the masked inputs and the run's reconstructions as a PNG.")
     parser.add_argument("--checkpoint", required=True,
                         help="run folder (or checkpoint.pt) made by fewlabels pretrain")
     parser.add_argument("--data", default=None,

@@ -6,6 +6,7 @@ mask token in the encoder's input (BEiT's block-wise masking, or random patches)
 linear head on each output token predicts the token of its patch, by cross-entropy on the
 masked positions only (:func:`~fewlabels.losses.masked.masked_token_loss`). The head is
 thrown away after pretraining; the representation is the encoder's CLS token (``backbone``).
+Its reconstructions draw each patch as the pixels of its most likely word.
 
 The tokens. BEiT takes them from DALL-E's discrete VAE, trained on 250M images. Here the
 vocabulary is learned from the training images themselves, without labels, as the "visual
@@ -56,9 +57,14 @@ from fewlabels.methods.base import (
     check_options,
     embedding_spread,
 )
-from fewlabels.methods.masked_modelling import check_mask_ratio, crop_flip_views, require_vit
+from fewlabels.methods.masked_modelling import (
+    check_mask_ratio,
+    crop_flip_views,
+    reconstruction_result,
+    require_vit,
+)
 from fewlabels.methods.registry import METHODS
-from fewlabels.models.patches import block_random_mask, blockwise_mask, patchify
+from fewlabels.models.patches import block_random_mask, blockwise_mask, patchify, unpatchify
 from fewlabels.options import option
 
 # BEiT's smallest block: 16 of 196 patches; the same fraction of other grids.
@@ -113,6 +119,12 @@ class PatchTokenizer(nn.Module):
         return {"tokenizer_words_in_use": float((result.cluster_sizes > 0).sum()),
                 "tokenizer_inertia_per_patch": result.inertia / len(patches),
                 "tokenizer_iterations": float(result.iterations)}
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The pixels of words ``[...]``: their centres mapped back from whitened space,
+        ``[..., P]`` (the mean patch of each word, as the tokenizer sees it)."""
+        return self.centres[tokens] @ torch.linalg.pinv(self.projection) + self.mean
 
     @torch.no_grad()
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
@@ -198,14 +210,33 @@ class BEiT(Method):
         views = self.views.all_views(batch.unlabeled, generator)  # [N, C, S, S]
         return views, self.mask(views, generator), self.tokens(views)  # , [N, L], [N, L]
 
+    def predict(self, views: torch.Tensor, mask: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder tokens ``[N, 1 + L, D]`` and the word logits of every patch ``[N, L, K]``."""
+        encoded = self.backbone.forward_tokens(views, mask=mask, mask_token=self.mask_token)
+        return encoded, self.head(encoded[:, 1:])
+
     def training_loss(self, inputs: tuple[torch.Tensor, ...], step: StepInfo
                       ) -> dict[str, torch.Tensor]:
         views, mask, tokens = inputs
-        encoded = self.backbone.forward_tokens(views, mask=mask, mask_token=self.mask_token)
-        logits = self.head(encoded[:, 1:])  # [N, L, K]
+        encoded, logits = self.predict(views, mask)  # [N, 1 + L, D], [N, L, K]
         loss = masked_token_loss(logits, tokens, mask)
         with torch.no_grad():
             correct = (logits.argmax(-1) == tokens) & mask
             accuracy = correct.sum() / mask.sum().clamp_min(1)
         return {"loss": loss, "masked_token_accuracy": accuracy,
                 "embedding_spread": embedding_spread(encoded[:, 0])}
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor, generator: torch.Generator
+                    ) -> dict[str, torch.Tensor]:
+        """See :meth:`Method.reconstruct`: every patch drawn as the pixels of its most likely
+        word (:meth:`PatchTokenizer.decode`), so the picture shows what the words can say."""
+        if images.shape[-1] % self.patch_size or images.shape[-1] != images.shape[-2]:
+            raise UserError(f"images of {images.shape[-1]} px do not split into the run's "
+                            f"{self.patch_size} px patches; give data of the run's size")
+        mask = self.mask(images, generator)
+        _, logits = self.predict(images, mask)
+        pixels = self.tokenizer.decode(logits.argmax(-1))  # [N, L, P]
+        reconstruction = unpatchify(pixels, self.patch_size, images.shape[1])
+        return reconstruction_result(images, reconstruction, mask, self.patch_size)
