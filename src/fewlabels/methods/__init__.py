@@ -4,6 +4,7 @@ from fewlabels.methods import (  # noqa: F401
     barlow_twins,
     beit,
     byol,
+    context_encoder,
     deepcluster,
     dino,
     jigsaw,
