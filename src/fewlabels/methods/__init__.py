@@ -6,6 +6,7 @@ from fewlabels.methods import (  # noqa: F401
     byol,
     context_encoder,
     deepcluster,
+    denoising_autoencoder,
     dino,
     jigsaw,
     mae,
