@@ -8,6 +8,7 @@ from fewlabels.methods import (  # noqa: F401
     deepcluster,
     denoising_autoencoder,
     dino,
+    exemplar,
     jigsaw,
     mae,
     moco,
