@@ -15,6 +15,7 @@ from fewlabels.losses.instance import (
     npid_nce_loss,
     npid_softmax_loss,
 )
+from fewlabels.losses.masked import mae_loss, masked_token_loss, simmim_loss
 from fewlabels.losses.redundancy import (
     BarlowTwinsTerms,
     VICRegTerms,
@@ -36,11 +37,14 @@ __all__ = [
     "dino_kl_divergence",
     "dino_loss",
     "estimate_nce_normalizer",
+    "mae_loss",
+    "masked_token_loss",
     "moco_batch_loss",
     "moco_queue_loss",
     "npid_nce_loss",
     "npid_softmax_loss",
     "nt_xent_loss",
+    "simmim_loss",
     "simsiam_loss",
     "teacher_entropy",
     "updated_center",
