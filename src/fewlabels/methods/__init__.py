@@ -4,6 +4,7 @@ from fewlabels.methods import (  # noqa: F401
     barlow_twins,
     beit,
     byol,
+    colorization,
     context_encoder,
     deepcluster,
     denoising_autoencoder,
