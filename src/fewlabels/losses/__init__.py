@@ -1,5 +1,11 @@
 """Training objectives, usable without the engine: plain functions and small modules."""
 
+from fewlabels.losses.colorization import (
+    colorization_loss,
+    rebalancing_weights,
+    smooth_distribution,
+    soft_encode,
+)
 from fewlabels.losses.contrastive import moco_batch_loss, moco_queue_loss, nt_xent_loss
 from fewlabels.losses.distillation import (
     TeacherEntropy,
@@ -34,6 +40,7 @@ __all__ = [
     "barlow_twins_loss",
     "barlow_twins_terms",
     "byol_loss",
+    "colorization_loss",
     "dino_kl_divergence",
     "dino_loss",
     "estimate_nce_normalizer",
@@ -44,8 +51,11 @@ __all__ = [
     "npid_nce_loss",
     "npid_softmax_loss",
     "nt_xent_loss",
+    "rebalancing_weights",
     "simmim_loss",
     "simsiam_loss",
+    "smooth_distribution",
+    "soft_encode",
     "teacher_entropy",
     "updated_center",
     "vicreg_loss",
