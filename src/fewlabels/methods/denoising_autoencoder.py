@@ -84,15 +84,15 @@ def masking_noise_mask(count: int, image_size: int, fraction: float,
 def corrupt(images: torch.Tensor, noise: str, masking_fraction: float, gaussian_std: float,
             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Corrupt [0, 1] ``images [N, C, S, S]``: returns the corrupted images and the bool mask
-    ``[N, 1, S, S]`` of the pixels masking noise set to 0 (all True for Gaussian noise
-    alone, which changes every pixel)."""
+    ``[N, 1, S, S]`` of the pixels masking noise set to 0 (all False for Gaussian noise
+    alone, which masks nothing and changes every pixel)."""
     count, _, size, _ = images.shape
     corrupted = images
     if noise in ("masking", "both"):
         mask = masking_noise_mask(count, size, masking_fraction, generator, images.device)
         corrupted = corrupted.masked_fill(mask, 0.0)
     else:
-        mask = torch.ones(count, 1, size, size, dtype=torch.bool, device=images.device)
+        mask = torch.zeros(count, 1, size, size, dtype=torch.bool, device=images.device)
     if noise in ("gaussian", "both"):
         gaussian = torch.randn(images.shape, generator=generator, device=generator.device)
         corrupted = corrupted + gaussian_std * gaussian.to(images.device, images.dtype)
@@ -159,7 +159,8 @@ class DenoisingAutoencoder(Method):
                     ) -> dict[str, torch.Tensor]:
         """Corrupt normalised ``images`` with this run's noise and denoise them: the
         corrupted input (normalised), the reconstruction (normalised) and the mask of the
-        pixels masking noise set to 0 (all True for Gaussian noise alone)."""
+        pixels masking noise set to 0 (none for Gaussian noise alone: ``fewlabels
+        reconstruct`` then shows the noisy input as it is)."""
         mean = torch.as_tensor(self.data.mean, device=images.device).view(1, -1, 1, 1)
         std = torch.as_tensor(self.data.std, device=images.device).view(1, -1, 1, 1)
         corrupted, mask = self._corrupt(images * std + mean, generator)
