@@ -191,3 +191,16 @@ def test_reconstruct_gives_the_masked_input_the_prediction_and_the_mask():
 def test_bad_options_say_which_flag(options, flag):
     with pytest.raises(UserError, match=flag):
         _method(**options)
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_with_the_adversarial_term(tmp_path):
+    """The per-image losses and the discriminator run with detached parameters give a
+    two-process run (gloo) the gradients of one process on the same global batch."""
+    from engine_harness import compare_one_and_two_processes
+
+    options = {"adversarial_weight": 0.1, "decoder_width": 4, "discriminator_width": 4,
+               "mask": "random-block"}
+    compare_one_and_two_processes(tmp_path, "context-encoder", options,
+                                  {"name": "convnet", "width": 4, "depth": 2, "feature_dim": 8},
+                                  steps=3, batch_size=8)
