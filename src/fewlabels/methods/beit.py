@@ -11,10 +11,11 @@ Its reconstructions draw each patch as the pixels of its most likely word.
 The tokens. BEiT takes them from DALL-E's discrete VAE, trained on 250M images. Here the
 vocabulary is learned from the training images themselves, without labels, as the "visual
 words" of the bag-of-features literature (Csurka et al. 2004; Coates, Lee, Ng 2011): before
-the first epoch, ``tokenizer_patches`` patches of the normalised training images are
-PCA-whitened (every direction scaled to unit variance, with the eigenvalues floored at
-``whitening_floor`` times the largest so that pixel noise is not blown up) and clustered by
-k-means (:func:`~fewlabels.clustering.kmeans.kmeans`, seeded by the epoch's generator) into
+the first epoch, ``tokenizer_patches`` patches (50,000 by default: about 200 per word) of
+the normalised training images are PCA-whitened (every direction scaled to unit variance,
+with the eigenvalues floored at ``whitening_floor`` times the largest so that pixel noise is
+not blown up) and clustered by k-means (k-means++ seeding, at most 20 Lloyd iterations;
+:func:`~fewlabels.clustering.kmeans.kmeans`, seeded by the epoch's generator) into
 ``vocabulary_size`` words; a patch's token is its nearest centre in whitened space
 (:class:`PatchTokenizer`). Whitening over the whole set, rather than normalising each patch
 by its own mean and variance, keeps a patch's brightness in its token (a flat dark patch and
@@ -79,9 +80,9 @@ class BEiTConfig:
         "block", "block: BEiT's block-wise masking (rectangles of random size and aspect); "
                  "random: single patches")
     tokenizer_patches: int = option(
-        100_000, "patches of the training images the vocabulary is fitted on (from whole "
+        50_000, "patches of the training images the vocabulary is fitted on (from whole "
                  "images drawn at random)")
-    tokenizer_iterations: int = option(30, "Lloyd iterations of the vocabulary's k-means")
+    tokenizer_iterations: int = option(20, "Lloyd iterations of the vocabulary's k-means")
     whitening_floor: float = option(
         0.01, "eigenvalue floor of the patches' PCA-whitening, as a fraction of the largest")
     view_size: int = option(0, "side of the training views in pixels; 0: the image size")
