@@ -156,7 +156,7 @@ def test_seed_patches_lie_where_the_gradients_are():
 
 
 def _exemplar(**options):
-    config = ExemplarConfig(**{"seeds": 30, "patch_size": 8, **options})
+    config = ExemplarConfig(**{"seeds": 30, "view_size": 8, **options})
     return Exemplar(_backbone(), config, DATA).train()
 
 

@@ -2,7 +2,7 @@
 
 Dosovitskiy, Springenberg, Riedmiller, Brox, "Discriminative Unsupervised Feature Learning
 with Convolutional Neural Networks", NIPS 2014 (and Dosovitskiy, Fischer, Springenberg,
-Riedmiller, Brox, TPAMI 2016). ``seeds`` patches of ``patch_size`` pixels are taken once,
+Riedmiller, Brox, TPAMI 2016). ``seeds`` patches of ``view_size`` pixels are taken once,
 before the first epoch, from the training images: each from a different image (images are
 drawn without replacement, cycling when there are more seeds than images), at a position
 drawn with probability proportional to the patch's gradient energy (the sum over the
@@ -62,7 +62,7 @@ class ExemplarConfig:
     seeds: int = option(
         4000, "surrogate classes N: seed patches, one per image (the paper: 8,000-32,000 on "
               "STL-10)")
-    patch_size: int = option(
+    view_size: int = option(
         0, "side of the seed patches and training views in pixels; 0: 3/4 of the image "
            "side rounded down to a multiple of 4 (20 for 28 px images)")
     translation: float = option(
@@ -148,14 +148,14 @@ class Exemplar(Method):
             (config.rotation_degrees >= 0, "--rotation-degrees must be at least 0"),
             (0 <= config.jitter_strength <= 2,
              f"--jitter-strength must be in [0, 2], got {config.jitter_strength}"),
-            (config.patch_size <= data.image_size,
-             f"--patch-size {config.patch_size} is larger than the {data.image_size} px "
+            (config.view_size <= data.image_size,
+             f"--view-size {config.view_size} is larger than the {data.image_size} px "
              "images; choose at most the image side"),
         ])
         super().__init__(backbone, config, data)
-        patch_size = resolve_view_size(backbone, data, config.patch_size)
+        patch_size = resolve_view_size(backbone, data, config.view_size)
         # Stored resolved, so a resumed run keeps its patches if the default rule changes.
-        self.config = dataclasses.replace(config, patch_size=patch_size)
+        self.config = dataclasses.replace(config, view_size=patch_size)
         self.window_size = min(data.image_size, 2 * patch_size)
         self.classifier = nn.Linear(backbone.feature_dim, config.seeds)
         window = (config.seeds, data.channels, self.window_size, self.window_size)
@@ -175,7 +175,7 @@ class Exemplar(Method):
     def take_seeds(self, images: torch.Tensor, generator: torch.Generator,
                    chunk: int = 1024) -> dict[str, float]:
         """Draw the seed patches from uint8 ``images [N, C, H, W]`` into the buffers."""
-        count, patch, side = self.config.seeds, self.config.patch_size, self.window_size
+        count, patch, side = self.config.seeds, self.config.view_size, self.window_size
         size = images.shape[-1]
         if images.shape[1:] != (self.data.channels, self.data.image_size, self.data.image_size):
             raise ValueError(f"exemplar was built for {self.data.channels}x"
@@ -216,9 +216,9 @@ class Exemplar(Method):
         low, high = config.scale
         zoom = low + (high - low) * u[:, 0]
         angles = math.radians(config.rotation_degrees) * (2 * u[:, 1] - 1)
-        shifts = config.translation * config.patch_size * (2 * u[:, 2:] - 1)  # [B, 2]
+        shifts = config.translation * config.view_size * (2 * u[:, 2:] - 1)  # [B, 2]
         windows = to_float(self.seed_windows[labels])  # [B, C, W, W]
-        patches = transform_patches(windows, self.seed_centres[labels], config.patch_size,
+        patches = transform_patches(windows, self.seed_centres[labels], config.view_size,
                                     zoom, angles, shifts).clamp_(0.0, 1.0)
         s = config.jitter_strength
         if s > 0:
