@@ -3,7 +3,8 @@ jigsaw's tile at each position comes from the cell its permutation says (and the
 permutation puts the tiles back in cell order), the relative patch's neighbour is the cell its
 label names, with a gap to the centre; the heads join tiles in order and give log(P) and
 log(8) for uniform logits; the permutation set is a buffer whose minimum Hamming distance is
-stored in the run and logged; both train from the command line."""
+stored in the run and logged; both train from the command line, and two processes train
+the jigsaw as one."""
 
 import json
 import math
@@ -12,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from engine_harness import compare_one_and_two_processes
 from fewlabels.augment.permutations import (
     apply_orders,
     inverse_orders,
@@ -223,3 +225,16 @@ def test_pretrain_from_the_command_line(tmp_path, name, options, logged):
         assert steps[-1]["permutation_min_hamming"] == 7
         stored = json.loads((out / "run.json").read_text())["run"]["method_config"]
         assert stored["min_hamming_distance"] == 7
+
+
+# -- two processes against one ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(tmp_path):
+    # Tile-major views split by device like any other views, batch norm in the backbone and
+    # in the head over the global batch; relative patch location shares the head and layout.
+    compare_one_and_two_processes(tmp_path, "jigsaw", {"permutations": 24, "tile_dim": 8,
+                                                       "hidden_dim": 16},
+                                  {"name": "convnet", "width": 4, "depth": 2, "feature_dim": 8},
+                                  steps=3, batch_size=16)

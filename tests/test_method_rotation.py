@@ -1,7 +1,8 @@
 """RotNet: the labels are the rotations (undoing a view's rotation by its label gives back the
 batch, four quarter turns are the identity), the four rotations share one crop, the loss is
 the cross-entropy of a 4-way head (log 4 for uniform logits), and the method trains from the
-command line logging its pretext accuracy."""
+command line logging its pretext accuracy. (Two processes against one: the jigsaw test, whose
+tile-major views and batch-normed head are the harder case of the same plain cross-entropy.)"""
 
 import json
 import math
