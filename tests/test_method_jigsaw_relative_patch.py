@@ -96,6 +96,20 @@ def test_jigsaw_views_for_the_default_convnet_are_normalised_8_px_tiles():
     assert tiles.shape == (72, 1, 8, 8) and labels.shape == (8,)
 
 
+def test_colour_puzzles_are_gray_with_the_asked_probability_and_channels_cut_apart():
+    method = Jigsaw(_backbone(3), JigsawConfig(permutations=10, grayscale_probability=0.3),
+                    CODED)
+    count = 200
+    images = (torch.rand(count, 3, 28, 28, generator=torch.Generator().manual_seed(9)) * 255)
+    tiles, _ = method.make_views(Batch(unlabeled=images.to(torch.uint8)),
+                                 torch.Generator().manual_seed(10))
+    puzzles = tiles.view(9, count, 3, 8, 8)
+    gray = (puzzles[:, :, 0] == puzzles[:, :, 1]).all(dim=(2, 3)).all(dim=0)  # [N]
+    assert 0.2 < float(gray.float().mean()) < 0.4  # whole puzzles, p = 0.3
+    # normalised per tile: zero mean and unit deviation before the 7 -> 8 px resize
+    assert abs(float(puzzles.mean())) < 0.05
+
+
 def test_the_permutation_set_is_a_buffer_and_its_minimum_distance_is_stored_and_logged():
     method = Jigsaw(_backbone(), JigsawConfig(permutations=64, permutation_seed=5), GRAY)
     buffer = method.permutations
