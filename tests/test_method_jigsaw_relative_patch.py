@@ -124,6 +124,14 @@ def test_the_permutation_set_is_a_buffer_and_its_minimum_distance_is_stored_and_
                                          min_hamming_distance=8), GRAY)
 
 
+def test_a_loaded_run_keeps_its_own_permutation_set():
+    trained = Jigsaw(_backbone(), JigsawConfig(permutations=24, permutation_seed=0), GRAY)
+    rebuilt = Jigsaw(_backbone(), JigsawConfig(permutations=24, permutation_seed=1), GRAY)
+    assert not torch.equal(trained.permutations, rebuilt.permutations)
+    rebuilt.load_state_dict(trained.state_dict(), strict=True)
+    torch.testing.assert_close(rebuilt.permutations, trained.permutations, rtol=0, atol=0)
+
+
 def test_uniform_logits_give_log_of_the_number_of_permutations():
     method = Jigsaw(_backbone(), JigsawConfig(permutations=24), GRAY).train()
     inputs = method.make_views(Batch(unlabeled=_images()), torch.Generator().manual_seed(4))
