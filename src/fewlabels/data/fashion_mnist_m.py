@@ -23,11 +23,12 @@ where it fits, from NumPy's PCG64 seeded with ``(seed, 0)`` for the train part a
 ``(seed, 1)`` for the test part, three numbers per image in order, so a part's images do
 not depend on the other part, and its first ``k`` images not on the images after them.
 The spec ``fashion-mnist-m`` is built with seed :data:`DATASET_SEED` from the Fashion-MNIST
-that :func:`~fewlabels.data.fashion_mnist.locate_fashion_mnist` finds, once (about a second),
-and cached as ``fashion-mnist-m-seed0-v1.npz`` (uncompressed, 166 MB) in
-``$XDG_CACHE_HOME/fewlabels/fashion-mnist-m/`` with a JSON beside it recording the seed,
-the photographs and their hashes, the source and a hash of the built arrays. Both files are
-written atomically; a cache whose JSON does not match this module's recipe is rebuilt.
+that :func:`~fewlabels.data.fashion_mnist.locate_fashion_mnist` finds, once (2 to 5 s for
+the 70,000 images on 2 busy CPU cores), and cached as ``fashion-mnist-m-seed0-v1.npz``
+(uncompressed, 165 MB) in ``$XDG_CACHE_HOME/fewlabels/fashion-mnist-m/`` with a JSON
+beside it recording the seed, the photographs and their hashes, the source and a hash of
+the built arrays. Both files are written atomically; a cache whose JSON does not match
+this module's recipe is rebuilt.
 """
 
 from __future__ import annotations
