@@ -1,7 +1,7 @@
 """The jigsaw puzzle's permutation set, chosen greedily for large Hamming distance.
 
 Noroozi & Favaro ("Unsupervised Learning of Visual Representations by Solving Jigsaw
-Puzzles", ECCV 2016, Section 3.3 and Table 3) classify which of a fixed set of permutations
+Puzzles", ECCV 2016) classify which of a fixed set of permutations
 shuffled the tiles, and found that the farther apart the permutations of the set, the
 better the features transfer: with permutations close to each other the network can tell
 them apart from one or two tiles, without looking at the rest. Their Algorithm 1 adds, one at
@@ -109,7 +109,7 @@ def minimum_hamming_distance(orders: Tensor | np.ndarray) -> int:
 
 
 def mean_hamming_distance(orders: Tensor | np.ndarray) -> float:
-    """The average Hamming distance over pairs of different rows (the paper's Table 3)."""
+    """The average Hamming distance over pairs of different rows (what the paper reports beside the minimum)."""
     distances = pairwise_hamming(orders)
     pairs = len(distances) * (len(distances) - 1)
     return float(distances.sum() / pairs)

@@ -37,7 +37,7 @@ sees at evaluation (full 28 px images), and keeps a step at 9 x 64 = 576 pixels 
 
 Other differences from the paper's ImageNet recipe (AlexNet, 1,000 permutations, SGD at
 0.01 with batch 256 for 350k iterations): 100 permutations by default (the paper's
-Table 3 trades more permutations for a harder task; a 10-minute CPU run sees too few puzzles
+study of the set trades more permutations for a harder task; a 10-minute CPU run sees too few puzzles
 to learn 1,000 classes), a smaller fc6/fc7 (256 and 512 instead of 512 and 4,096), batch
 norm in the head, SGD at 0.1 per 256 images with a cosine decay after a warm-up epoch, and
 evaluation on the backbone's pooled features of whole images like every method here

@@ -5,8 +5,8 @@ Rotations", ICLR 2018. Every image of the batch is shown at 0, 90, 180 and 270 d
 (``torch.rot90`` of the whole batch: exact, no interpolation, so no resampling artefact tells
 the angle), and a linear classifier on the backbone's pooled features predicts which of the
 four rotations it sees (cross-entropy). The paper found feeding all four rotations of each
-image in the same batch better than one random rotation per image (its Section 3.2 and
-Table 6), which is what this does: a step sees ``4 x batch`` views. Rotation label ``r``
+image in the same batch better than one random rotation per image, which is what this does:
+a step sees ``4 x batch`` views. Rotation label ``r``
 means ``torch.rot90(view, r, dims=(2, 3))``; the views are rotation-major (the block of
 rotation ``r`` is rows ``r N .. r N + N - 1``).
 
