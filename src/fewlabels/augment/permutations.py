@@ -109,7 +109,8 @@ def minimum_hamming_distance(orders: Tensor | np.ndarray) -> int:
 
 
 def mean_hamming_distance(orders: Tensor | np.ndarray) -> float:
-    """The average Hamming distance over pairs of different rows (what the paper reports beside the minimum)."""
+    """The average Hamming distance over pairs of different rows (the paper reports it beside
+    the minimum)."""
     distances = pairwise_hamming(orders)
     pairs = len(distances) * (len(distances) - 1)
     return float(distances.sum() / pairs)

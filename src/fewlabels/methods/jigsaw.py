@@ -36,9 +36,9 @@ sees at evaluation (full 28 px images), and keeps a step at 9 x 64 = 576 pixels 
 (a 20 px SimCLR view has 400, two per image).
 
 Other differences from the paper's ImageNet recipe (AlexNet, 1,000 permutations, SGD at
-0.01 with batch 256 for 350k iterations): 100 permutations by default (the paper's
-study of the set trades more permutations for a harder task; a 10-minute CPU run sees too few puzzles
-to learn 1,000 classes), a smaller fc6/fc7 (256 and 512 instead of 512 and 4,096), batch
+0.01 with batch 256 for 350k iterations): 100 permutations by default (the paper's study
+of the set trades more permutations for a harder task; a 10-minute CPU run sees too few
+puzzles to learn 1,000 classes), a smaller fc6/fc7 (256 and 512 instead of 512 and 4,096), batch
 norm in the head, SGD at 0.1 per 256 images with a cosine decay after a warm-up epoch, and
 evaluation on the backbone's pooled features of whole images like every method here
 (the paper transfers the convolutional layers and fine-tunes).
