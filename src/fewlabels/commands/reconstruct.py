@@ -1,4 +1,5 @@
-"""`fewlabels reconstruct`: what a masked image modelling run predicts for masked images.
+"""`fewlabels reconstruct`: what a run of a reconstructing method (masked image modelling,
+inpainting, denoising) predicts for the images it is given.
 
 A few images of the test part (the train part for data without one), chosen by ``--seed``,
 are masked by the run's own masking with a generator of the same seed and passed through the
@@ -28,11 +29,11 @@ MASK_GREY = 0.5  # masked pixels in the "masked" row, on the [0, 1] scale
 
 def add_parser(subparsers: Any, argv: list[str]) -> None:  # noqa: ARG001
     parser = subparsers.add_parser(
-        "reconstruct", help="a grid of original, masked and reconstructed images "
-                            "(MAE, SimMIM, BEiT)",
-        description="Mask a few test images as a masked image modelling run (MAE, SimMIM, "
-                    "BEiT: each patch drawn as its predicted word) was trained to, and draw "
-                    "the originals, the masked inputs and the run's reconstructions as a PNG.")
+        "reconstruct", help="a grid of original, masked and reconstructed test images",
+        description="Mask (or corrupt) a few test images as the run's method was trained to "
+                    "and draw the originals, the method's inputs and its reconstructions as a "
+                    f"PNG. Methods that reconstruct: {', '.join(reconstructing_methods())} "
+                    "(BEiT draws each patch as its predicted visual word).")
     parser.add_argument("--checkpoint", required=True,
                         help="run folder (or checkpoint.pt) made by fewlabels pretrain")
     parser.add_argument("--data", default=None,
