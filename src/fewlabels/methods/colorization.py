@@ -29,17 +29,16 @@ Colour data only: on grey images there is nothing to predict, and the method ref
 message naming ``--data fashion-mnist-m``.
 
 Differences from the paper (a VGG-style network on 224 px ImageNet images predicting at 56
-px, Adam at 3e-5 with betas 0.9, 0.99 and weight decay 1e-3 for 450k iterations of 40
-images), for 28-32 px images and runs of minutes on a CPU: any backbone of the zoo, whose
-pooled features must carry everything the colours need (the decoder reads only them); the
-bins are predicted at a quarter of the image side as in the paper (``output_stride`` 4: 7
-px for 28 px images, against the ab averaged over 4x4 blocks; stride 2 predicts at 14 px
-and makes the step about twice as slow on a CPU, the decoder's last layer and the loss
-growing with the output's pixels);
-random horizontal flips as the only augmentation; AdamW at 1e-3 per 256 images with the
-paper's betas and weight decay 1e-3 (decoupled), a warm-up epoch and a cosine decay. The
-paper's annealed-mean decoding of colours is for showing colourised images and not needed
-to learn features.
+px, trained with Adam), for 28-32 px images and runs of minutes on a CPU: any backbone of
+the zoo, whose pooled features must carry everything the colours need (the decoder reads
+only them); the bins are predicted at a quarter of the image side as in the paper
+(``output_stride`` 4: 7 px for 28 px images, against the ab averaged over 4x4 blocks;
+stride 2 predicts at 14 px and makes the step about twice as slow on a CPU, the decoder's
+last layer and the loss growing with the output's pixels); random horizontal flips as the
+only augmentation; AdamW at 1e-3 per 256 images with betas 0.9, 0.99 and a decoupled weight
+decay of 1e-3, a warm-up epoch and a cosine decay (not tuned yet). The paper's
+annealed-mean decoding of colours is for showing colourised images and not needed to learn
+features.
 """
 
 from __future__ import annotations
