@@ -149,10 +149,10 @@ def _gamut_ab_bins(grid_size: float) -> Tensor:
 def gamut_ab_bins(grid_size: float = 10.0) -> Tensor:
     """The centres ``[Q, 2]`` (a, b) of the ab bins that sRGB colours fall in: a grid of
     side ``grid_size`` centred on its multiples, keeping the cells that hold the ab of some
-    8-bit colour (Zhang et al. 2016: "grid size 10 ... the Q values in-gamut"). Computed on
-    every 4th 8-bit level of each channel and 255 (65³ colours); for ``grid_size`` 10 this
-    gives the same Q = 261 bins as all 16.7M colours (checked once, 7 s), sorted by a then
-    b."""
+    8-bit colour (Zhang et al. 2016 quantise ab with grid size 10 and keep the in-gamut
+    bins). Computed on every 4th 8-bit level of each channel and 255 (65³ colours); for
+    ``grid_size`` 10 this gives the same Q = 261 bins as all 16.7M colours (checked once,
+    7 s), sorted by a then b."""
     if grid_size <= 0:
         raise ValueError(f"grid_size must be positive, got {grid_size}")
     return _gamut_ab_bins(float(grid_size)).clone()
