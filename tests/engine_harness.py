@@ -27,10 +27,10 @@ from fewlabels.runs import backbone_spec, build_method, data_info, method_config
 NUM_IMAGES = 64
 
 
-def _images() -> torch.Tensor:
+def _images(channels: int = 1) -> torch.Tensor:
     generator = torch.Generator().manual_seed(5)
     # smooth random images (a little structure for the convolutions)
-    small = torch.rand(NUM_IMAGES, 1, 7, 7, generator=generator)
+    small = torch.rand(NUM_IMAGES, channels, 7, 7, generator=generator)
     images = torch.nn.functional.interpolate(small, size=28, mode="bilinear")
     return (images * 255).to(torch.uint8)
 
@@ -71,14 +71,14 @@ class _SameViewsTrainer(Trainer):
 
 def train_steps(method: str, options: dict[str, Any], backbone: dict[str, Any], steps: int,
                 batch_size: int, out: Path, world: int = 1, rank: int = 0,
-                recipe: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train ``steps`` steps on this process (one of ``world``); returns the losses, the final
-    state dict and the method's resolved config."""
+                recipe: dict[str, Any] | None = None, channels: int = 1) -> dict[str, Any]:
+    """Train ``steps`` steps on this process (one of ``world``) on ``channels``-channel
+    images; returns the losses, the final state dict and the method's resolved config."""
     from lightning_fabric import Fabric
     from lightning_fabric.strategies import DDPStrategy
 
     torch.set_num_threads(1)
-    images = _images()
+    images = _images(channels)
     from fewlabels.data.imageset import ImageSet
 
     info = data_info(ImageSet(images, None, [], "harness"))
@@ -134,11 +134,12 @@ def compare_one_and_two_processes(tmp_path: Path, method: str, options: dict[str
                                   backbone: dict[str, Any], steps: int = 3,
                                   batch_size: int = 16,
                                   recipe: dict[str, Any] | None = None,
-                                  atol: float = 1e-5) -> dict[str, Any]:
-    """Train one process and two on the same global batches; assert equal mean losses and
-    equal final parameters and buffers. Returns the single-process result."""
+                                  atol: float = 1e-5, channels: int = 1) -> dict[str, Any]:
+    """Train one process and two on the same global batches of ``channels``-channel images
+    (3: colour); assert equal mean losses and equal final parameters and buffers. Returns the
+    single-process result."""
     arguments = {"method": method, "options": options, "steps": steps,
-                 "batch_size": batch_size, "recipe": recipe}
+                 "batch_size": batch_size, "recipe": recipe, "channels": channels}
     single = train_steps(**arguments, backbone=dict(backbone), out=tmp_path / "single")
     mp.spawn(_worker, args=(2, _free_port(), {**arguments, "backbone": dict(backbone)},
                             str(tmp_path)), nprocs=2, join=True)

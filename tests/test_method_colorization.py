@@ -233,3 +233,20 @@ def test_a_run_trains_and_evaluates_end_to_end(tmp_path):
     assert main(["evaluate", "--checkpoint", str(run), "--data", f"npz:{path}",
                  "--protocol", "knn", "--labels-per-class", "2", "--seeds", "1",
                  "--baselines", "none"]) == 0
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_on_the_same_global_batch(tmp_path):
+    """Loss and weights after 3 optimiser steps (so the gradients) of a 2-process gloo run
+    equal one process on the same global batch of colour images; the colour prior, counted
+    in on_epoch_start from 40 of the 64 images drawn at random, is the same on every device
+    (the harness compares every buffer) and was really counted."""
+    from engine_harness import compare_one_and_two_processes
+
+    single = compare_one_and_two_processes(
+        tmp_path, "colorization", {"decoder_width": 4, "prior_images": 40},
+        {"name": "convnet", "width": 4, "depth": 2, "feature_dim": 8}, channels=3)
+    state = single["state"]
+    assert bool(state["prior_ready"])
+    assert not torch.allclose(state["bin_weights"], torch.ones_like(state["bin_weights"]))
+    assert all(math.isfinite(loss) for loss in single["losses"])
