@@ -1,19 +1,22 @@
 """Colorization: the soft encoding, the smoothed prior, the rebalancing weights and the loss
 against hand-computed values; the bin counts against brute force; the prior counted once
 before the first epoch into buffers; the backbone sees the lightness alone, in training and
-in evaluation; grey data refused; a run trains and evaluates end to end."""
+in evaluation; grey data refused; a run trains, evaluates and exports end to end (the export,
+loaded strictly, gives evaluate's features); 2 processes equal one."""
 
 import math
 
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from fewlabels.augment.lab import gamut_ab_bins, lab_to_rgb, rgb_to_lab, rgb_to_lightness
 from fewlabels.cli import main
 from fewlabels.engine.checkpoint import load_checkpoint
 from fewlabels.engine.epoch_work import EpochContext
 from fewlabels.errors import UserError
+from fewlabels.evaluate import extract_features
 from fewlabels.losses.colorization import (
     colorization_loss,
     rebalancing_weights,
@@ -22,7 +25,9 @@ from fewlabels.losses.colorization import (
 )
 from fewlabels.methods import Batch, DataInfo
 from fewlabels.methods.colorization import Colorization, ColorizationConfig, lightness_input
-from fewlabels.models import build_backbone
+from fewlabels.models import build_backbone, load_backbone
+from fewlabels.models.lightness import LightnessBackbone
+from fewlabels.runs import load_pretrained
 
 MEAN, STD = (0.45, 0.4, 0.35), (0.25, 0.24, 0.26)
 DATA = DataInfo(channels=3, image_size=28, mean=MEAN, std=STD, num_classes=4, num_images=40)
@@ -233,6 +238,28 @@ def test_a_run_trains_and_evaluates_end_to_end(tmp_path):
     assert main(["evaluate", "--checkpoint", str(run), "--data", f"npz:{path}",
                  "--protocol", "knn", "--labels-per-class", "2", "--seeds", "1",
                  "--baselines", "none"]) == 0
+    # the export holds the backbone alone under its own names, records the RGB -> L step,
+    # loads strictly, and gives the features evaluate computes from the run folder
+    exported = tmp_path / "colorization.safetensors"
+    assert main(["export", "--checkpoint", str(run), "--out", str(exported)]) == 0
+    with safe_open(str(exported), framework="pt") as handle:
+        metadata = handle.metadata()
+        keys = set(handle.keys())
+    assert metadata["input_conversion"] == '"lightness"' and metadata["format_version"] == "2"
+    pretrained = load_pretrained(run)
+    assert keys == set(pretrained.network.backbone.state_dict())
+    loaded = load_backbone(exported)
+    assert isinstance(loaded.network, LightnessBackbone) and not loaded.network.training
+    test_images = torch.from_numpy(images[32:])
+    expected = extract_features(pretrained.network, test_images, pretrained.data.mean,
+                                pretrained.data.std)
+    torch.testing.assert_close(extract_features(loaded.network, test_images,
+                                                loaded.preprocessing.mean,
+                                                loaded.preprocessing.std), expected)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.network(loaded.preprocess(test_images)), expected,
+                                   atol=1e-5, rtol=1e-5)
+    assert expected.std(dim=0).max() > 0  # not a constant network
 
 
 @pytest.mark.slow
@@ -250,3 +277,22 @@ def test_two_processes_equal_one_on_the_same_global_batch(tmp_path):
     assert bool(state["prior_ready"])
     assert not torch.allclose(state["bin_weights"], torch.ones_like(state["bin_weights"]))
     assert all(math.isfinite(loss) for loss in single["losses"])
+
+
+def test_an_export_with_an_unknown_input_conversion_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from fewlabels.models import Preprocessing, save_backbone
+
+    method = _method()
+    path = save_backbone(method.representations()["backbone"], tmp_path / "c.safetensors",
+                         architecture={"name": "convnet", "width": 4, "depth": 2,
+                                       "options": {"feature_dim": 8}},
+                         preprocessing=Preprocessing(28, 3, MEAN, STD))
+    assert isinstance(load_backbone(path).network, LightnessBackbone)
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    save_file(load_file(str(path)), str(path), metadata={**metadata,
+                                                         "input_conversion": '"sepia"'})
+    with pytest.raises(UserError, match="input conversion 'sepia'.*upgrade fewlabels"):
+        load_backbone(path)

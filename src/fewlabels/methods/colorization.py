@@ -21,9 +21,9 @@ What the backbone sees. The backbone is built for the data's 3 channels; its inp
 alone. Evaluation and export feed normalised RGB images, so :meth:`Colorization.
 representations` wraps the backbone in :class:`LightnessBackbone`, which undoes the
 normalisation and takes the lightness first: the features of an image do not depend on its
-ab channels, in training and in evaluation alike. (``fewlabels export`` writes bare
-backbones with RGB preprocessing, so it refuses this wrapper; evaluate and embed a
-colorization run from its folder.)
+ab channels, in training and in evaluation alike. ``fewlabels export`` writes the backbone
+alone and records the conversion, and ``load_backbone`` wraps it again, so an export gives
+the features evaluation uses.
 
 Colour data only: on grey images there is nothing to predict, and the method refuses with a
 message naming ``--data fashion-mnist-m``.
@@ -43,7 +43,6 @@ features.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -56,7 +55,6 @@ from fewlabels.augment.lab import (
     gamut_ab_bins,
     linear_rgb_to_lab,
     rgb_to_lab,
-    rgb_to_lightness,
     uint8_to_linear,
 )
 from fewlabels.errors import UserError
@@ -77,6 +75,7 @@ from fewlabels.methods.base import (
 )
 from fewlabels.methods.registry import METHODS
 from fewlabels.models.decoder import PixelDecoder
+from fewlabels.models.lightness import LightnessBackbone, lightness_input
 from fewlabels.options import option
 
 
@@ -99,31 +98,6 @@ class ColorizationConfig:
     prior_images: int = option(
         10_000, "training images, drawn at random, whose pixels give the bins' distribution "
                 "before the first epoch; 0: all (the paper: all of ImageNet)")
-
-
-def lightness_input(lightness: torch.Tensor, channels: int = 3) -> torch.Tensor:
-    """The backbone's input from the lightness ``[N, 1, H, W]`` in [0, 100]:
-    ``(L - 50) / 50`` in [-1, 1], repeated in ``channels`` channels ``[N, channels, H, W]``."""
-    centred = (lightness - 50.0) / 50.0
-    return centred.expand(-1, channels, -1, -1).contiguous(memory_format=torch.channels_last)
-
-
-class LightnessBackbone(nn.Module):
-    """The colorization backbone as evaluation uses it: normalised RGB images ``[N, 3, H,
-    W]`` (``(x - mean) / std``) -> the lightness input -> the backbone's features ``[N, D]``.
-    Holds no parameters of its own."""
-
-    def __init__(self, backbone: nn.Module, mean: Sequence[float],
-                 std: Sequence[float]) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.feature_dim = getattr(backbone, "feature_dim", 0)
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        rgb = (images.float() * self.std + self.mean).clamp_(0.0, 1.0)
-        return self.backbone(lightness_input(rgb_to_lightness(rgb), images.shape[1]))
 
 
 def nearest_bin_table(bins: torch.Tensor, grid_size: float) -> tuple[torch.Tensor, int, int]:

@@ -18,6 +18,11 @@ value a JSON string, is:
   "resize"}``: images are scaled to [0, 1], resized to ``image_size``² and standardised with
   the per-channel ``mean`` and ``std``;
 - ``feature_dim``: the length of a feature vector;
+- ``input_conversion`` (only when the network takes a conversion of the images, format
+  version 2): ``"lightness"``: the standardised RGB images go to their CIE lightness, then
+  ``(L - 50) / 50`` in every channel (:class:`~fewlabels.models.lightness.LightnessBackbone`,
+  a colorization run's representation); ``load_backbone`` wraps the backbone in it, so
+  ``network`` still takes the standardised images;
 - ``source``: where it came from, e.g. ``{"method", "representation", "step",
   "checkpoint_sha256", "data", "fewlabels_version"}``.
 
@@ -48,9 +53,13 @@ from torch import nn
 from fewlabels.atomic import atomic_write_bytes
 from fewlabels.errors import UserError
 from fewlabels.models.backbones import build_backbone, stored_options
+from fewlabels.models.lightness import LightnessBackbone
 
 EXPORT_FORMAT = "fewlabels-backbone"
-EXPORT_FORMAT_VERSION = 1
+EXPORT_FORMAT_VERSION = 2  # 2: ``input_conversion``; files without one are written as 1
+# Wrappers that convert the images before the backbone, by their ``input_conversion`` name:
+# an export holds the backbone alone and records the name; loading wraps it again.
+INPUT_CONVERSIONS: dict[str, type[nn.Module]] = {"lightness": LightnessBackbone}
 RESIZE = "bilinear, antialiased, rounded to uint8 (as load_dataset resizes)"
 
 __all__ = ["EXPORT_FORMAT", "ExportedBackbone", "Preprocessing", "is_safetensors_file",
@@ -209,8 +218,15 @@ def save_backbone(
     ``architecture`` is the backbone spec ``{"name", "width", "depth", "options"}`` (as runs
     store it); the network must be exactly what it builds (same tensor names and shapes),
     checked here so that every export loads. Key names are the network's own state-dict
-    names. ``source`` says where the weights came from (any JSON-able values).
+    names. ``source`` says where the weights came from (any JSON-able values). A network
+    with an ``input_conversion`` in :data:`INPUT_CONVERSIONS` (a wrapper whose ``backbone``
+    is what ``architecture`` builds) is written as its backbone with the conversion's name.
     """
+    conversion = getattr(network, "input_conversion", None)
+    if conversion is not None:
+        if conversion not in INPUT_CONVERSIONS:
+            raise ValueError(f"unknown input conversion {conversion!r}")
+        network = network.backbone
     architecture = _complete_architecture(architecture, network)
     tensors = _plain_tensors(network)
     fresh = build_from_spec(architecture, preprocessing)
@@ -220,12 +236,14 @@ def save_backbone(
         network, preprocessing)
     metadata = {
         "format": EXPORT_FORMAT,
-        "format_version": str(EXPORT_FORMAT_VERSION),
+        "format_version": "2" if conversion is not None else "1",
         "architecture": json.dumps(architecture, sort_keys=True),
         "preprocessing": json.dumps(preprocessing.to_dict(), sort_keys=True),
         "feature_dim": json.dumps(feature_dim),
         "source": json.dumps(source or {}, sort_keys=True, default=str),
     }
+    if conversion is not None:
+        metadata["input_conversion"] = json.dumps(conversion)
     from safetensors.torch import save
 
     path = Path(path)
@@ -316,6 +334,12 @@ def load_backbone(path: str | os.PathLike[str]) -> ExportedBackbone:
     _check_same_tensors(network.state_dict(), tensors, str(path),
                         "the file was changed or damaged; export the run again")
     network.load_state_dict(tensors, strict=True)
+    if "input_conversion" in metadata:
+        conversion = _metadata_value(metadata, "input_conversion", path)
+        if conversion not in INPUT_CONVERSIONS:
+            raise UserError(f"{path} feeds its network by the input conversion {conversion!r}, "
+                            "which this fewlabels does not know; upgrade fewlabels")
+        network = INPUT_CONVERSIONS[conversion](network, preprocessing.mean, preprocessing.std)
     return ExportedBackbone(
         network=network.eval(), preprocessing=preprocessing, architecture=architecture,
         feature_dim=int(_metadata_value(metadata, "feature_dim", path)),
