@@ -211,6 +211,13 @@ def embedding_spread(embeddings: torch.Tensor) -> torch.Tensor:
         return normalised.std(dim=0).mean() * normalised.shape[1] ** 0.5
 
 
+def pretext_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The fraction of rows whose arg-max is the label (no gradient): what to watch in the
+    pretext tasks that classify (rotation, jigsaw, relative patch location, exemplar)."""
+    with torch.no_grad():
+        return (logits.argmax(dim=1) == labels).float().mean()
+
+
 def resolve_view_size(backbone: nn.Module, data: DataInfo, size: int) -> int:
     """The side of a method's views: ``size``, or when it is 0 the default for the data's
     images (:func:`~fewlabels.augment.recipes.default_view_size`), checked against

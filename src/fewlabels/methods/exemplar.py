@@ -13,7 +13,8 @@ patch side, scaling by a factor in ``scale``, rotation by up to ``rotation_degre
 colour: brightness, contrast, saturation and hue, :func:`~fewlabels.augment.photometric.
 color_jitter`) form its class, and the backbone with a linear layer learns to tell the
 ``seeds`` classes apart by cross-entropy. Each batch draws seeds uniformly and transforms
-each independently.
+each independently. ``pretext_accuracy`` (the fraction of views whose seed the classifier
+names; 1/``seeds`` at chance) is logged with the loss, as for the other pretext tasks.
 
 The seeds are registered buffers (the source window around each seed, its centre and where
 it came from), so a resumed run keeps its classes; they are taken with the epoch context's
@@ -51,6 +52,7 @@ from fewlabels.methods.base import (
     TrainingRecipe,
     check_options,
     embedding_spread,
+    pretext_accuracy,
     resolve_view_size,
 )
 from fewlabels.methods.registry import METHODS
@@ -231,6 +233,5 @@ class Exemplar(Method):
         features = self.backbone(patches)  # [B, D]
         logits = self.classifier(features)  # [B, seeds]
         loss = F.cross_entropy(logits.float(), labels)
-        with torch.no_grad():
-            accuracy = (logits.argmax(1) == labels).float().mean()
-        return {"loss": loss, "accuracy": accuracy, "embedding_spread": embedding_spread(features)}
+        return {"loss": loss, "pretext_accuracy": pretext_accuracy(logits, labels),
+                "embedding_spread": embedding_spread(features)}

@@ -79,9 +79,9 @@ from fewlabels.methods.base import (
     check_options,
     check_view_size,
     embedding_spread,
+    pretext_accuracy,
 )
 from fewlabels.methods.registry import METHODS
-from fewlabels.methods.rotation import pretext_accuracy
 from fewlabels.options import option
 
 GRID = 3

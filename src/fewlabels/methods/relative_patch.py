@@ -53,6 +53,7 @@ from fewlabels.methods.base import (
     TrainingRecipe,
     check_options,
     embedding_spread,
+    pretext_accuracy,
 )
 from fewlabels.methods.jigsaw import (
     GRID,
@@ -61,7 +62,6 @@ from fewlabels.methods.jigsaw import (
     resolve_tile_input_size,
 )
 from fewlabels.methods.registry import METHODS
-from fewlabels.methods.rotation import pretext_accuracy
 from fewlabels.options import option
 
 CENTRE_CELL = 4

@@ -48,6 +48,7 @@ from fewlabels.methods.base import (
     TrainingRecipe,
     check_options,
     embedding_spread,
+    pretext_accuracy,
     resolve_view_size,
 )
 from fewlabels.methods.registry import METHODS
@@ -125,9 +126,3 @@ class Rotation(Method):
         return {"loss": F.cross_entropy(logits, labels),
                 "pretext_accuracy": pretext_accuracy(logits, labels),
                 "embedding_spread": embedding_spread(features[: inputs.shape[0] // ROTATIONS])}
-
-
-def pretext_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The fraction of rows whose arg-max is the label (no gradient)."""
-    with torch.no_grad():
-        return (logits.argmax(dim=1) == labels).float().mean()
