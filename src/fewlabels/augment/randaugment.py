@@ -314,6 +314,7 @@ class StrongAugment:
                                                              matrices, self.fill))
 
     def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """A strongly augmented copy of ``images`` ``[N, C, H, W]`` (the input is kept)."""
         check_batch(images, colour=True)
         count, _, height, width = images.shape
         # All draws at once, on the generator's device, then on the CPU for the grouping.
