@@ -1,0 +1,258 @@
+"""`fewlabels semi`: train a classifier from a few labels and the unlabeled images, optionally
+starting from a pretrained backbone; `fewlabels finetune` is its supervised case."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fewlabels.atomic import atomic_write_text
+from fewlabels.commands.arguments import (
+    DEFAULT_BACKBONE,
+    DEFAULT_DATA,
+    add_backbone_options,
+    add_config_options,
+    add_data_options,
+    add_device_options,
+    add_run_options,
+    budgets,
+    given_config_values,
+    positive_float,
+)
+from fewlabels.commands.pretrain import method_on_command_line
+from fewlabels.data.labeled import train_and_test
+from fewlabels.engine.checkpoint import checkpoint_path, load_checkpoint
+from fewlabels.engine.recipe import TrainingRecipe
+from fewlabels.engine.run_control import make_fabric
+from fewlabels.engine.trainer import TrainConfig, train
+from fewlabels.errors import UserError
+from fewlabels.runs import (
+    backbone_spec,
+    build_method,
+    data_info,
+    describe,
+    load_pretrained,
+    method_config,
+)
+from fewlabels.semi import SEMI_METHODS, ClassifierMethod
+from fewlabels.semi.classifier_run import (
+    accuracy,
+    backbone_state,
+    predict_probabilities,
+    pseudo_label_warning,
+    split_spec,
+    streams,
+)
+
+RECIPE = "recipe"
+METHOD = "method_option"
+DEFAULT_SEMI_METHOD = "supervised"
+
+
+def add_parser(subparsers: Any, argv: list[str]) -> None:
+    add_classifier_parser(subparsers, argv, "semi")
+
+
+def add_classifier_parser(subparsers: Any, argv: list[str], command: str) -> None:
+    """`semi` (any classifier method) or `finetune` (the supervised method from --init)."""
+    finetune = command == "finetune"
+    asked = method_on_command_line(argv) if command in argv and not finetune else None
+    method_name = "supervised" if finetune else (
+        asked if asked in SEMI_METHODS else DEFAULT_SEMI_METHOD)
+    method_class = SEMI_METHODS.get(method_name)
+    if finetune:
+        parser = subparsers.add_parser(
+            "finetune", help="fine-tune a pretrained backbone on a few labels",
+            description="Train a pretrained run's backbone and a new linear classifier on "
+                        "K labels per class (the supervised method of `fewlabels semi` started "
+                        "from --init). The run folder gets checkpoint.pt, run.json (with the "
+                        "labeled split), metrics.jsonl and result.json (test accuracy).")
+    else:
+        parser = subparsers.add_parser(
+            "semi", help="train a classifier from a few labels and the unlabeled images",
+            description="Train a classifier on K labels per class and, for semi-supervised "
+                        "methods, every training image without its label; optionally from a "
+                        "pretrained run's backbone (--init). The run folder gets "
+                        "checkpoint.pt, run.json (with the labeled split), metrics.jsonl "
+                        "(losses, pseudo-label rate and accuracy) and result.json (test "
+                        "accuracy of the moving average of the weights). The options below "
+                        f"are those of --method {method_name}; `fewlabels semi --method NAME "
+                        "--help` shows another method's.")
+        parser.add_argument("--method", default=None,
+                            help=f"method (default {DEFAULT_SEMI_METHOD}; see: fewlabels "
+                                 "list methods)")
+    parser.add_argument("--out", required=True, help="run folder to write (or resume)")
+    parser.add_argument("--labels-per-class", type=budgets, default=None,
+                        help="labeled images per class, chosen with --seed ('all': every "
+                             "label)" + (" (default all)" if finetune else
+                                         "; required for a new run"))
+    parser.add_argument("--init", required=finetune, default=None,
+                        help="run folder of a pretrained run whose backbone to start from "
+                             "(its backbone and normalisation are used)")
+    add_data_options(parser, f"the --init run's data, else {DEFAULT_DATA}")
+    length = parser.add_argument_group("length (the recipe's epochs when neither is given)")
+    length.add_argument("--budget-minutes", type=positive_float, default=None,
+                        help="wall-clock minutes of training; every schedule follows the "
+                             "fraction of the budget spent")
+    if not finetune:
+        add_backbone_options(parser, " (ignored with --init: the pretrained run's)")
+    add_run_options(parser)
+    add_device_options(parser)
+    add_config_options(parser, TrainingRecipe, RECIPE,
+                       f"training recipe (defaults: {method_name}'s)",
+                       defaults=method_class.recipe)
+    add_config_options(parser, method_class.Config, METHOD, f"{method_name} options",
+                       rename_prefix=method_name)
+
+
+def run(args: Any) -> dict[str, Any]:
+    """Build (or resume) a classifier run from parsed arguments, train it and test it."""
+    out = Path(args.out)
+    finetune = args.command == "finetune"
+    if finetune:
+        args.method = "supervised"
+        for name in ("backbone", "width", "depth", "patch_size", "heads", "feature_dim"):
+            setattr(args, name, None)
+    recipe_changes = given_config_values(args, RECIPE)
+    checkpoint = None
+    if args.resume:
+        checkpoint = load_checkpoint(out)
+        run_spec = checkpoint["run"]
+        _refuse_changes(args, run_spec, out, recipe_changes)
+        stored = checkpoint["train"]
+        recipe = TrainingRecipe.from_dict(stored.get("recipe", {}))
+        seed, epochs_given = stored["seed"], stored.get("epochs_given", False)
+        budget = args.budget_minutes if args.budget_minutes is not None else stored.get(
+            "budget_minutes")
+        data = run_spec["data"]
+        train_part, test_part, note = train_and_test(
+            data["spec"], data["image_size"], run_spec["data"]["info"]["channels"],
+            data["on_corrupt"])
+    else:
+        if checkpoint_path(out).exists():
+            raise UserError(f"{out} already holds a run; continue it with --resume, "
+                            "or choose another --out")
+        args.method = args.method or DEFAULT_SEMI_METHOD
+        if args.labels_per_class is None and not finetune:
+            raise UserError("give --labels-per-class K (labeled images per class, or 'all')")
+        recipe = SEMI_METHODS.get(args.method).recipe.replace(**recipe_changes)
+        seed, epochs_given, budget = args.seed, "epochs" in recipe_changes, args.budget_minutes
+        run_spec, train_part, test_part, note = _new_run_spec(args, seed)
+    config = TrainConfig(
+        run_dir=out, recipe=recipe, budget_minutes=budget, epochs_given=epochs_given,
+        seed=seed, resume=args.resume, devices=args.devices, accelerator=args.accelerator,
+        num_nodes=args.num_nodes, precision=args.precision, progress=not args.no_progress,
+        checkpoint_minutes=args.checkpoint_minutes, stop_after_steps=args.stop_after_steps)
+    fabric = make_fabric(config.accelerator, config.devices, config.num_nodes, config.precision)
+    torch.manual_seed(config.seed)  # the same initial weights on every device
+    method = build_method(run_spec)
+    assert isinstance(method, ClassifierMethod)
+    if not args.resume and run_spec.get("init"):
+        pretrained = load_pretrained(run_spec["init"])
+        try:
+            method.load_backbone_(backbone_state(pretrained.network))
+        except RuntimeError as error:
+            raise UserError(f"the backbone of {run_spec['init']} cannot start a classifier "
+                            "(its evaluated network is not a plain backbone); choose a "
+                            "run of another method") from error
+    run_spec["method_config"] = method.config_dict()
+    images, labeled = streams(train_part, run_spec["split"], method.unlabeled_ratio)
+    if fabric.is_global_zero:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "run.json").write_text(json.dumps(
+            {"run": run_spec, "train": config.to_dict()}, indent=2) + "\n")
+        start = f"from {run_spec['init']}" if run_spec.get("init") else "from scratch"
+        print(f"training {run_spec['method']} {start} on {len(labeled.images)} labeled "
+              + (f"and {len(images)} unlabeled " if method.unlabeled_ratio else "")
+              + f"images of {run_spec['data']['spec']}, backbone "
+              f"{run_spec['backbone']['name']}, {fabric.world_size} device(s) {fabric.device}, "
+              f"into {out}")
+    result = train(method, images, config, run_spec, fabric, checkpoint, labeled)
+    summary: dict[str, Any] = {"method": run_spec["method"], "step": result.step,
+                               "labeled": len(labeled.images),
+                               "labels_per_class": run_spec["split"]["labels_per_class"],
+                               "seed": seed, "init": run_spec.get("init")}
+    if fabric.is_global_zero:
+        probabilities = predict_probabilities(method.classifier_network(), test_part.images,
+                                              method.data.mean, method.data.std,
+                                              device=fabric.device)
+        summary |= {"test_accuracy": accuracy(probabilities, test_part.labels),
+                    "test_images": len(test_part), "test_part": note,
+                    "minutes": result.elapsed_seconds / 60,
+                    "images_per_second": result.images_per_second}
+        atomic_write_text(out / "result.json", json.dumps(summary, indent=2) + "\n")
+        print(f"{describe(load_checkpoint(out))}: test accuracy "
+              f"{100 * summary['test_accuracy']:.2f}% on {len(test_part)} images ({note}), "
+              f"{summary['minutes']:.1f} min, {result.images_per_second:.0f} images/s; "
+              f"result in {out / 'result.json'}")
+        warning = pseudo_label_warning(out)
+        if warning:
+            print(f"warning: {warning}")
+    return summary
+
+
+def _new_run_spec(args: Any, seed: int) -> tuple[dict[str, Any], Any, Any, str]:
+    """The spec of a new run, and its train and test parts."""
+    init = None
+    if args.init is not None:
+        init = load_pretrained(args.init)
+        spec = args.data or init.checkpoint["run"]["data"]["spec"]
+        train_part, test_part, note = train_and_test(
+            spec, init.data.image_size, init.data.channels, args.on_corrupt)
+        info = data_info(train_part, train_part.num_classes)
+        # The backbone learned on its own normalisation; keep it.
+        info = info.__class__(**{**info.__dict__, "mean": init.data.mean, "std": init.data.std})
+        backbone = init.checkpoint["run"]["backbone"]
+        image_size = init.data.image_size
+    else:
+        spec = args.data or DEFAULT_DATA
+        train_part, test_part, note = train_and_test(spec, args.image_size, None,
+                                                     args.on_corrupt)
+        info = data_info(train_part, train_part.num_classes)
+        backbone = backbone_spec(args.backbone or DEFAULT_BACKBONE, args.width, args.depth,
+                                 info.image_size, patch_size=args.patch_size, heads=args.heads,
+                                 feature_dim=args.feature_dim)
+        image_size = args.image_size
+    labels_per_class = (args.labels_per_class or [None])[0]
+    if args.labels_per_class and len(args.labels_per_class) > 1:
+        raise UserError("--labels-per-class takes one number here (or 'all')")
+    run_spec = {
+        "kind": "classifier",
+        "method": args.method,
+        "method_config": given_config_values(args, METHOD),
+        "backbone": backbone,
+        "data": {"spec": spec, "image_size": image_size, "on_corrupt": args.on_corrupt,
+                 "info": info.__dict__ | {"mean": list(info.mean), "std": list(info.std)}},
+        "class_names": list(train_part.class_names),
+        "split": split_spec(train_part.labels, labels_per_class, seed),
+        "init": None if init is None else str(args.init),
+        "representation": "backbone",
+    }
+    run_spec["method_config"] = method_config(args.method, run_spec["method_config"])
+    return run_spec, train_part, test_part, note
+
+
+def _refuse_changes(args: Any, run_spec: dict[str, Any], out: Path,
+                    recipe_changes: dict[str, Any]) -> None:
+    """Resuming continues the stored run; a different method, data, split, start or option is
+    refused."""
+    stored = {"method": run_spec["method"], "data": run_spec["data"]["spec"],
+              "init": run_spec.get("init")}
+    asked = {"method": args.method, "data": args.data, "init": args.init}
+    for key, value in asked.items():
+        if value is not None and value != stored[key]:
+            raise UserError(f"{out} holds a run with {key} {stored[key]!r}, not {value!r}; "
+                            "resume it as it is, or choose another --out")
+    if args.labels_per_class is not None and (
+            args.labels_per_class[0] != run_spec["split"]["labels_per_class"]):
+        raise UserError(f"{out} was trained with --labels-per-class "
+                        f"{run_spec['split']['labels_per_class']}; resume it without "
+                        "--labels-per-class")
+    changed = list(recipe_changes) + list(given_config_values(args, METHOD))
+    if changed:
+        raise UserError(f"--resume continues the stored run with its own settings; leave out "
+                        f"{', '.join('--' + name.replace('_', '-') for name in changed)}")
+

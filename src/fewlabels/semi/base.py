@@ -1,0 +1,179 @@
+"""What every classifier method shares: supervised training, fine-tuning and the
+semi-supervised methods, all on the engine's one training loop.
+
+A classifier method is a :class:`~fewlabels.methods.base.Method` whose batches pair a labeled
+stream with an unlabeled one (:mod:`fewlabels.engine.streams`; USB's ``train_step(x_lb, y_lb,
+x_ulb_w, x_ulb_s)``). This base holds:
+
+- a linear classifier on the backbone's pooled features;
+- a moving average of backbone and classifier weights (Polyak averaging, decay 0.999 as in
+  FixMatch and USB; batch-norm statistics copied from the trained network), which is what
+  the run evaluates, predicts with and exports;
+- the weak augmentation (a translation by up to 1/8 of the side and a horizontal flip,
+  FixMatch's);
+- one forward pass over labeled and unlabeled images together, so batch norm normalises
+  them as one batch (FixMatch's code concatenates them);
+- the numbers a run logs beyond its loss: the supervised loss, the labeled batch's accuracy,
+  the pseudo-label rate and, when the data has hidden labels, the pseudo-labels' accuracy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fewlabels.augment.convert import normalize, to_float
+from fewlabels.augment.geometric import translate_and_flip
+from fewlabels.engine.recipe import TrainingRecipe
+from fewlabels.errors import UserError
+from fewlabels.methods.base import DataInfo, Method, StepInfo
+from fewlabels.models.momentum import copy_as_teacher, ema_update_
+from fewlabels.options import option
+
+
+@dataclass
+class ClassifierConfig:
+    """Options every classifier method has."""
+
+    ema_decay: float = option(
+        0.999, "decay of the moving average of the weights that evaluation, predict and "
+        "export use (FixMatch: 0.999); 0: the trained weights themselves")
+    max_shift: float = option(
+        0.125, "weak augmentation: largest translation, as a fraction of the image side "
+        "(FixMatch: 0.125)")
+    flip: bool = option(True, "weak augmentation: random horizontal flips")
+
+
+@dataclass
+class SemiSupervisedConfig(ClassifierConfig):
+    """Options of the methods that learn from unlabeled images as well."""
+
+    unlabeled_ratio: int = option(
+        7, "mu: unlabeled images per labeled image in a batch (FixMatch: 7)")
+    unlabeled_weight: float = option(1.0, "lambda_u: weight of the unlabeled loss")
+
+
+# FixMatch's optimiser: SGD with Nesterov momentum 0.9, weight decay 5e-4, learning rate 0.03
+# for 64 labeled images a step (0.12 per 256, as recipes count), no warm-up, decayed as
+# lr·cos(7πt/16).
+FIXMATCH_RECIPE = TrainingRecipe(
+    optimizer="sgd", learning_rate=0.12, weight_decay=5e-4, batch_size=64, warmup_epochs=0.0,
+    epochs=30, momentum=0.9, nesterov=True, lr_decay="fixmatch")
+
+
+class ClassifierNetwork(nn.Module):
+    """A backbone and a linear classifier: normalised images -> logits ``[N, classes]``."""
+
+    def __init__(self, backbone: nn.Module, classifier: nn.Linear) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.classifier = classifier
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.backbone(images))
+
+
+class ClassifierMethod(Method):
+    """Base of classifier methods: backbone + linear classifier, their moving average, the
+    weak augmentation and the supervised loss. Subclasses write ``make_views`` and
+    ``training_loss``; runs evaluate :meth:`classifier_network`."""
+
+    Config: ClassVar[type] = ClassifierConfig
+    recipe: ClassVar[TrainingRecipe] = FIXMATCH_RECIPE
+
+    def __init__(self, backbone: nn.Module, config: ClassifierConfig, data: DataInfo) -> None:
+        super().__init__(backbone, config, data)
+        if data.num_classes < 2:
+            raise UserError(f"{self.name} trains a classifier and needs labeled data with at "
+                            "least 2 classes; pass a dataset with labels")
+        if not 0 <= config.ema_decay < 1:
+            raise UserError(f"--ema-decay must be in [0, 1), got {config.ema_decay}")
+        if not 0 <= config.max_shift < 0.5:
+            raise UserError(f"--max-shift must be in [0, 0.5), got {config.max_shift}")
+        self.classifier = nn.Linear(int(backbone.feature_dim), data.num_classes)
+        self.average = copy_as_teacher(ClassifierNetwork(backbone, self.classifier))
+
+    @property
+    def unlabeled_ratio(self) -> int:
+        """μ, the unlabeled images per labeled image of a batch (0: no unlabeled stream)."""
+        return int(getattr(self.config, "unlabeled_ratio", 0))
+
+    # -- networks ----------------------------------------------------------------------------
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The trained network's logits for normalised images."""
+        return self.classifier(self.backbone(images))
+
+    def logits_of(self, *groups: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Logits of several groups of images from one forward pass, so batch norm takes
+        its statistics over all of them together (FixMatch's labeled + unlabeled batch)."""
+        logits = self.logits(torch.cat(groups))
+        return tuple(logits.split([len(group) for group in groups]))
+
+    def classifier_network(self) -> nn.Module:
+        """What the run evaluates and predicts with: the moving average of the weights, or
+        the trained weights when ``ema_decay`` is 0."""
+        if self.config.ema_decay > 0:
+            return self.average
+        return ClassifierNetwork(self.backbone, self.classifier)
+
+    def representations(self) -> dict[str, nn.Module]:
+        return {"backbone": self.classifier_network().backbone, "student": self.backbone}
+
+    def load_backbone_(self, state: dict[str, torch.Tensor]) -> None:
+        """Start from a pretrained backbone (fine-tuning, ``--init``): load ``state`` into
+        the backbone and restart the moving average from it."""
+        self.backbone.load_state_dict(state)
+        self.reset_average_()
+
+    @torch.no_grad()
+    def reset_average_(self) -> None:
+        """The moving average := the trained weights."""
+        ema_update_(self.average, ClassifierNetwork(self.backbone, self.classifier), 0.0)
+
+    def after_optimizer_step(self, step: StepInfo) -> None:
+        ema_update_(self.average, ClassifierNetwork(self.backbone, self.classifier),
+                    self.config.ema_decay, buffers="copy")
+
+    # -- views -------------------------------------------------------------------------------
+
+    def normalized(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images -> float, normalised with the data's statistics."""
+        return normalize(to_float(images), self.data.mean, self.data.std, inplace=True)
+
+    def weak_views(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """FixMatch's weak augmentation of uint8 images, normalised."""
+        shift = round(self.config.max_shift * images.shape[-1])
+        moved = translate_and_flip(to_float(images), max_shift=shift, flip=self.config.flip,
+                                   generator=generator)
+        return normalize(moved, self.data.mean, self.data.std, inplace=True)
+
+    # -- losses and logs ---------------------------------------------------------------------
+
+    def supervised_loss(self, logits: torch.Tensor, labels: torch.Tensor
+                        ) -> dict[str, torch.Tensor]:
+        """Cross-entropy on the labeled batch, with its accuracy for the log."""
+        loss = F.cross_entropy(logits, labels)
+        with torch.no_grad():
+            accuracy = (logits.argmax(1) == labels).float().mean()
+        return {"loss": loss, "supervised_loss": loss.detach(), "labeled_accuracy": accuracy}
+
+
+def pseudo_label_numbers(confident: torch.Tensor, pseudo_labels: torch.Tensor,
+                         hidden_labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """What a user needs to judge a threshold: ``pseudo_label_rate``, the fraction of the
+    unlabeled batch whose pseudo-label is used (``confident``, bool ``[U]``); and when the
+    data has hidden labels, ``pseudo_label_accuracy`` (of the used pseudo-labels; absent
+    when none is used) and ``unlabeled_accuracy`` (of all of them)."""
+    with torch.no_grad():
+        numbers = {"pseudo_label_rate": confident.float().mean()}
+        if hidden_labels is not None:
+            right = pseudo_labels == hidden_labels
+            numbers["unlabeled_accuracy"] = right.float().mean()
+            if confident.any():
+                numbers["pseudo_label_accuracy"] = right[confident].float().mean()
+        return numbers

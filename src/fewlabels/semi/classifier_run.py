@@ -1,0 +1,87 @@
+"""A classifier run's pieces outside the training loop: the labeled split it stores, the
+streams it trains on, the pretrained backbone it may start from, and its predictions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fewlabels.augment.convert import normalize, to_float
+from fewlabels.data.imageset import ImageSet
+from fewlabels.data.splits import make_split
+from fewlabels.engine.streams import LabeledStream
+from fewlabels.errors import UserError
+
+
+def split_spec(labels: torch.Tensor, labels_per_class: int | None, seed: int) -> dict[str, Any]:
+    """The labeled split of a run, as stored in its run spec: ``labels_per_class`` images of
+    every class chosen with ``seed`` (all labels when ``None``), by their indices in the
+    train part. No validation part: a classifier run selects nothing, it reports its last
+    weights' (moving average's) test accuracy."""
+    split = make_split(labels, labels_per_class, seed)
+    return {"labels_per_class": labels_per_class, "seed": seed,
+            "labeled_indices": split.labeled.tolist()}
+
+
+def streams(train: ImageSet, split: dict[str, Any], unlabeled_ratio: int
+            ) -> tuple[torch.Tensor, LabeledStream]:
+    """The unlabeled stream's images (every training image, the labeled ones too, as in
+    FixMatch) and the labeled stream of the stored split, with the train part's labels as
+    the unlabeled images' hidden labels (logged, never trained on)."""
+    if train.labels is None:
+        raise UserError("a classifier run needs labeled training images")
+    indices = torch.as_tensor(split["labeled_indices"], dtype=torch.long)
+    if len(indices) == 0 or int(indices.max()) >= len(train):
+        raise UserError("the run's stored split does not fit this data; train a new run")
+    labeled = LabeledStream(train.images[indices], train.labels[indices], unlabeled_ratio,
+                            hidden_labels=train.labels)
+    return train.images, labeled
+
+
+def backbone_state(network: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights of a pretrained run's evaluated network, to start a classifier from."""
+    return {name: value.detach().clone() for name, value in network.state_dict().items()}
+
+
+@torch.no_grad()
+def predict_probabilities(network: nn.Module, images: torch.Tensor, mean: Any, std: Any,
+                          *, batch_size: int = 1024,
+                          device: torch.device | str = "cpu") -> torch.Tensor:
+    """Softmax probabilities ``[N, classes]`` (float32, CPU) of ``network`` (eval mode) for
+    uint8 ``images``, normalised with the run's statistics."""
+    was_training = network.training
+    network.eval().to(device)
+    try:
+        parts = [
+            network(normalize(to_float(images[start:start + batch_size].to(device)), mean, std,
+                              inplace=True)).float().softmax(dim=1).cpu()
+            for start in range(0, len(images), batch_size)
+        ]
+    finally:
+        network.train(was_training)
+    if not parts:
+        raise UserError("no images to predict")
+    return torch.cat(parts)
+
+
+def accuracy(probabilities: torch.Tensor, labels: torch.Tensor) -> float:
+    return (probabilities.argmax(dim=1) == labels).float().mean().item()
+
+
+def pseudo_label_warning(run_dir: Path) -> str | None:
+    """A line for the user when the run logged a pseudo-label rate that stayed at zero over
+    the second half of training (the threshold was never reached); else ``None``."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return None
+    rates = [record["pseudo_label_rate"] for record in map(json.loads, path.read_text()
+                                                            .splitlines())
+             if "pseudo_label_rate" in record]
+    if not rates or any(rate > 0 for rate in rates[len(rates) // 2:]):
+        return None
+    return ("no unlabeled image passed the confidence threshold in the second half of "
+            "training: the unlabeled loss did nothing; lower --threshold or train longer")

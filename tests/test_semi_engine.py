@@ -1,0 +1,165 @@
+"""The classifier path: the labeled and unlabeled streams, the moving average of the weights,
+and `fewlabels semi` / `fewlabels finetune` end to end (split stored and trained on, resume,
+starting from a pretrained backbone, one-line errors)."""
+
+import json
+
+import pytest
+import torch
+
+from fewlabels.cli import main
+from fewlabels.data import load_dataset
+from fewlabels.engine.checkpoint import load_checkpoint
+from fewlabels.engine.sampling import CyclingSampler
+from fewlabels.engine.streams import BatchStreams, LabeledStream
+from fewlabels.methods.base import DataInfo, StepInfo
+from fewlabels.models import build_backbone
+from fewlabels.runs import build_method
+from fewlabels.semi import SEMI_METHODS
+from fewlabels.semi.classifier_run import pseudo_label_warning
+from fewlabels.semi.supervised import Supervised
+
+SMALL = ["--data", "fashion-mnist-sample", "--width", "4", "--depth", "2", "--no-progress",
+         "--batch-size", "16"]
+
+
+def test_cycling_sampler_fills_batches_larger_than_the_set_and_visits_each_item_once_a_cycle():
+    sampler = CyclingSampler(num_items=5, global_batch_size=8, seed=3)
+    chain = torch.cat([sampler.indices(step) for step in range(5)])  # 40 positions: 8 cycles
+    for cycle in chain.reshape(8, 5):
+        assert sorted(cycle.tolist()) == [0, 1, 2, 3, 4]
+    assert torch.equal(sampler.indices(3), CyclingSampler(5, 8, seed=3).indices(3))  # stateless
+    halves = [sampler.indices(2, rank, 2) for rank in range(2)]
+    assert torch.equal(torch.cat(halves), sampler.indices(2))
+
+
+def test_the_unlabeled_stream_visits_every_image_once_an_epoch_on_imbalanced_data():
+    images = torch.zeros(96, 1, 4, 4, dtype=torch.uint8)
+    hidden = torch.cat([torch.zeros(90), torch.ones(6)]).long()  # 15:1 imbalance
+    labeled = LabeledStream(images[:3], torch.tensor([0, 1, 0]), unlabeled_ratio=3,
+                            hidden_labels=hidden)
+    streams = BatchStreams(images, labeled, batch_size=8, seed=0, device=torch.device("cpu"))
+    assert streams.steps_per_epoch == 4  # 96 images / (3 x 8)
+    for epoch in range(2):
+        seen = torch.cat([streams.batch(epoch * 4 + step, 0, 1)[0].indices for step in range(4)])
+        assert sorted(seen.tolist()) == list(range(96))
+    batch, count = streams.batch(0, 0, 1)
+    assert count == 32 and len(batch.labeled) == 8 and len(batch.unlabeled) == 24
+    assert torch.equal(batch.hidden_labels, hidden[batch.indices])
+    assert torch.equal(batch.labels, labeled.labels[batch.labeled_indices])
+
+
+def test_without_an_unlabeled_stream_an_epoch_is_one_pass_over_the_labels():
+    images = torch.zeros(10, 1, 4, 4, dtype=torch.uint8)
+    labeled = LabeledStream(images[:5], torch.arange(5) % 2)
+    streams = BatchStreams(images, labeled, batch_size=2, seed=0, device=torch.device("cpu"))
+    assert streams.steps_per_epoch == 3
+    batch, count = streams.batch(0, 0, 1)
+    assert batch.unlabeled is None and count == 2
+
+
+def _supervised(ema_decay: float = 0.9) -> Supervised:
+    data = DataInfo(1, 28, (0.5,), (0.25,), num_classes=3, num_images=10)
+    config = SEMI_METHODS.get("supervised").Config(ema_decay=ema_decay)
+    backbone = build_backbone("convnet", in_channels=1, image_size=28, width=4, depth=2)
+    return Supervised(backbone, config, data)
+
+
+def test_the_moving_average_follows_its_formula_and_copies_batch_norm_statistics():
+    torch.manual_seed(0)
+    method = _supervised(ema_decay=0.9)
+    before = {k: v.clone() for k, v in method.average.state_dict().items()}
+    with torch.no_grad():
+        for parameter in method.backbone.parameters():
+            parameter.add_(1.0)
+        method.classifier.weight.mul_(3.0)
+        for module in method.backbone.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.fill_(0.7)
+    method.after_optimizer_step(StepInfo(0, 0, 0.0, torch.Generator()))
+    after = method.average.state_dict()
+    trained = {**{f"backbone.{k}": v for k, v in method.backbone.state_dict().items()},
+               **{f"classifier.{k}": v for k, v in method.classifier.state_dict().items()}}
+    for name, value in after.items():
+        if name.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            assert torch.equal(value, trained[name]), name  # copied, not averaged
+        else:
+            assert torch.allclose(value, 0.9 * before[name] + 0.1 * trained[name]), name
+    assert method.classifier_network() is method.average
+    assert _supervised(ema_decay=0.0).classifier_network().classifier is not None
+
+
+def test_semi_stores_the_split_it_trains_on(tmp_path, monkeypatch):
+    seen: list[torch.Tensor] = []
+    original = Supervised.make_views
+
+    def recording(self, batch, generator):
+        seen.append(batch.labeled.clone())
+        return original(self, batch, generator)
+
+    monkeypatch.setattr(Supervised, "make_views", recording)
+    out = tmp_path / "run"
+    assert main(["semi", "--method", "supervised", "--labels-per-class", "2", "--out", str(out),
+                 "--epochs", "3", *SMALL]) == 0
+    spec = json.loads((out / "run.json").read_text())["run"]
+    indices = torch.tensor(spec["split"]["labeled_indices"])
+    train = load_dataset("fashion-mnist-sample").train
+    assert len(indices) == 20 and torch.bincount(train.labels[indices]).tolist() == [2] * 10
+    stored = {bytes(image.flatten().tolist()) for image in train.images[indices]}
+    used = {bytes(image.flatten().tolist()) for batch in seen for image in batch}
+    assert used == stored  # 3 epochs of 2 batches of 16 cover all 20 labeled images
+    result = json.loads((out / "result.json").read_text())
+    assert result["labeled"] == 20 and 0.0 <= result["test_accuracy"] <= 1.0
+    assert result["test_images"] == len(load_dataset("fashion-mnist-sample").test)
+    assert load_checkpoint(out)["run"]["kind"] == "classifier"
+
+
+def test_a_classifier_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path):
+    common = ["semi", "--method", "supervised", "--labels-per-class", "3", "--epochs", "3",
+              *SMALL]
+    assert main([*common, "--out", str(tmp_path / "whole")]) == 0
+    assert main([*common, "--out", str(tmp_path / "split"), "--stop-after-steps", "4"]) == 130
+    assert main(["semi", "--out", str(tmp_path / "split"), "--resume", "--no-progress"]) == 0
+    whole, resumed = load_checkpoint(tmp_path / "whole"), load_checkpoint(tmp_path / "split")
+    assert whole["step"] == resumed["step"] == 6
+    for name, value in whole["model"].items():
+        assert torch.equal(value, resumed["model"][name]), name
+
+
+def test_finetune_starts_from_the_pretrained_backbone(tmp_path):
+    pretrained = tmp_path / "pretrained"
+    assert main(["pretrain", "--out", str(pretrained), "--max-images", "64", "--epochs", "1",
+                 "--projection-hidden-dim", "8", "--projection-dim", "4", *SMALL]) == 0
+    out = tmp_path / "finetuned"
+    assert main(["finetune", "--init", str(pretrained), "--labels-per-class", "1", "--out",
+                 str(out), "--epochs", "1", "--lr", "1e-9", "--no-progress",
+                 "--batch-size", "10"]) == 0
+    start = load_checkpoint(pretrained)["model"]
+    tuned = load_checkpoint(out)
+    assert tuned["run"]["init"] == str(pretrained)
+    assert tuned["run"]["backbone"] == load_checkpoint(pretrained)["run"]["backbone"]
+    for name, value in tuned["model"].items():
+        if name.startswith("backbone.") and value.is_floating_point() and "running" not in name:
+            assert torch.allclose(value, start[name], atol=1e-6), name  # lr ~ 0: unchanged
+    method = build_method(tuned["run"])
+    assert method.data.mean == tuple(load_checkpoint(pretrained)["run"]["data"]["info"]["mean"])
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--labels-per-class", "0"], "not a number of labels per class"),
+    (["--labels-per-class", "5000"], "too few for 5000 labels"),
+    (["--labels-per-class", "2", "--method", "nonesuch"], "unknown classifier method"),
+])
+def test_bad_classifier_runs_get_one_line_errors(tmp_path, capsys, arguments, message):
+    assert main(["semi", "--out", str(tmp_path / "run"), *SMALL, *arguments]) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and "\n" not in error and "Traceback" not in error
+
+
+def test_a_pseudo_label_rate_stuck_at_zero_is_reported(tmp_path):
+    lines = [{"step": s, "pseudo_label_rate": 0.5 if s < 3 else 0.0} for s in range(6)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(map(json.dumps, lines)) + "\n")
+    assert "lower --threshold" in pseudo_label_warning(tmp_path)
+    lines[-1]["pseudo_label_rate"] = 0.01
+    (tmp_path / "metrics.jsonl").write_text("\n".join(map(json.dumps, lines)) + "\n")
+    assert pseudo_label_warning(tmp_path) is None
