@@ -21,7 +21,7 @@ import torch.multiprocessing as mp
 
 from fewlabels.engine.sampling import step_seed
 from fewlabels.engine.trainer import TrainConfig, Trainer
-from fewlabels.methods import METHODS, Batch
+from fewlabels.methods import METHODS
 from fewlabels.runs import backbone_spec, build_method, data_info, method_config
 
 NUM_IMAGES = 64
@@ -57,11 +57,10 @@ class _SameViewsTrainer(Trainer):
     losses: list[float]
 
     def _make_inputs(self) -> tuple[Any, int]:
-        indices = self.sampler.indices(self.step).to(self.fabric.device)
+        batch, count = self.streams.batch(self.step, 0, 1)
         self.generator.manual_seed(step_seed(self.config.seed, self.step, 0))
-        inputs = self.method.make_views(Batch(unlabeled=self.images[indices], indices=indices),
-                                        self.generator)
-        return _slice_views(inputs, len(indices), self.rank, self.world), len(indices) // self.world
+        inputs = self.method.make_views(batch, self.generator)
+        return _slice_views(inputs, count, self.rank, self.world), count // self.world
 
     def _training_step(self):  # noqa: ANN202
         result = super()._training_step()

@@ -274,11 +274,16 @@ def test_a_skipped_image_warns_in_one_clean_line(tmp_path, capsys):
 
 def test_list_methods_names_every_method_with_its_paper(capsys):
     from fewlabels.methods import METHODS
+    from fewlabels.semi import SEMI_METHODS
 
     assert main(["list", "methods"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines] == METHODS.names()
-    for line, name in zip(lines, METHODS.names(), strict=True):
-        paper = METHODS.get(name).paper
-        assert paper and line.endswith(f"({paper})") and line.count(paper) == 1, line
+    out = capsys.readouterr().out
+    pretraining, classifiers = out.split("\n\n")
+    for section, registry in ((pretraining, METHODS), (classifiers, SEMI_METHODS)):
+        heading, *lines = section.splitlines()
+        assert heading.endswith("--method NAME):")
+        assert [line.split()[0] for line in lines] == registry.names()
+        for line, name in zip(lines, registry.names(), strict=True):
+            paper = registry.get(name).paper
+            assert paper and line.endswith(f"({paper})") and line.count(paper) == 1, line
     assert {"simclr", "moco", "mocov3", "npid", "byol", "simsiam", "dino"} <= set(METHODS)

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from fewlabels.augment.geometric import translate_and_flip
 from fewlabels.data.imageset import ImageSet
 from fewlabels.data.splits import make_split, stratified_folds
 from fewlabels.errors import UserError
@@ -36,7 +37,6 @@ from fewlabels.evaluate import (
     supervised_steps,
     train_supervised,
 )
-from fewlabels.evaluate.baselines import translate_and_flip
 from fewlabels.evaluate.linear_probe import DEFAULT_WEIGHT_DECAY, cross_validation_folds
 from fewlabels.report.plot import plot_label_efficiency
 

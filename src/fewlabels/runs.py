@@ -21,6 +21,7 @@ from fewlabels.methods import METHODS, DataInfo, Method
 from fewlabels.models import build_backbone
 from fewlabels.models.backbones import resolve_options, resolve_sizes, stored_options
 from fewlabels.options import from_plain, to_plain
+from fewlabels.semi import SEMI_METHODS
 
 
 def data_info(images: ImageSet, num_classes: int = 0) -> DataInfo:
@@ -52,10 +53,16 @@ def make_backbone(spec: dict[str, Any], data: DataInfo) -> nn.Module:
     )
 
 
+def method_class(name: str) -> type[Method]:
+    """A method by name: a self-supervised one (``METHODS``) or a classifier method
+    (``SEMI_METHODS``)."""
+    return SEMI_METHODS.get(name) if name in SEMI_METHODS else METHODS.get(name)
+
+
 def method_config(method_name: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """The method's config as stored in a run spec: its defaults with the given fields
     overridden (``None`` = default)."""
-    config_class = METHODS.get(method_name).Config
+    config_class = method_class(method_name).Config
     known = {field.name for field in dataclasses.fields(config_class)}
     config = config_class(**{k: v for k, v in overrides.items() if k in known and v is not None})
     return {k: to_plain(v) for k, v in dataclasses.asdict(config).items()}
@@ -65,9 +72,9 @@ def build_method(run_spec: dict[str, Any]) -> Method:
     """The method of a run spec, freshly initialised."""
     data = DataInfo(**{k: tuple(v) if isinstance(v, list) else v
                        for k, v in run_spec["data"]["info"].items()})
-    method_class = METHODS.get(run_spec["method"])
-    config = from_plain(method_class.Config, run_spec["method_config"])
-    return method_class(make_backbone(run_spec["backbone"], data), config, data)
+    chosen = method_class(run_spec["method"])
+    config = from_plain(chosen.Config, run_spec["method_config"])
+    return chosen(make_backbone(run_spec["backbone"], data), config, data)
 
 
 @dataclass

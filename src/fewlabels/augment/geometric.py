@@ -1,4 +1,5 @@
-"""Geometric ops: random resized crop and horizontal flip, batched, one parameter per image.
+"""Geometric ops: random resized crop, horizontal flip and translation, batched, one
+parameter per image.
 
 A crop box is four numbers per image, ``(left, top, width, height)`` as fractions of the
 image's width and height, so a box lies inside the image exactly when
@@ -169,3 +170,27 @@ def resize(images: Tensor, size: int | tuple[int, int]) -> Tensor:
         return images
     return F.interpolate(images, size=(out_h, out_w), mode="bilinear", align_corners=False,
                          antialias=out_h < images.shape[-2] or out_w < images.shape[-1])
+
+
+def translate_and_flip(
+    images: torch.Tensor, *, max_shift: int, flip: bool, generator: torch.Generator
+) -> torch.Tensor:
+    """Light augmentation of a float batch ``[N, C, H, W]``: a random translation by up to
+    ``max_shift`` pixels each way (reflect padding, then a per-image crop by gather) and a
+    horizontal flip with probability 1/2. One draw per image, no loop over images. FixMatch's
+    weak augmentation with ``max_shift`` = 1/8 of the side (Sohn et al. 2020); the
+    supervised baseline's."""
+    N, C, H, W = images.shape
+    max_shift = min(max_shift, H - 1, W - 1)
+    if max_shift > 0:
+        padded = F.pad(images, (max_shift,) * 4, mode="reflect")  # [N, C, H+2s, W+2s]
+        offsets = torch.randint(0, 2 * max_shift + 1, (N, 2), generator=generator)
+        offsets = offsets.to(images.device)
+        rows = offsets[:, :1] + torch.arange(H, device=images.device)  # [N, H]
+        cols = offsets[:, 1:] + torch.arange(W, device=images.device)  # [N, W]
+        padded = padded.gather(2, rows[:, None, :, None].expand(N, C, H, padded.shape[3]))
+        images = padded.gather(3, cols[:, None, None, :].expand(N, C, H, W))  # [N, C, H, W]
+    if flip:
+        flipped = (torch.rand(N, generator=generator) < 0.5).to(images.device)
+        images = torch.where(flipped[:, None, None, None], images.flip(3), images)
+    return images

@@ -37,7 +37,7 @@ How it is batched: for each of the ``n_ops`` slots, the images are grouped by th
 each op runs once on its group (an ``index_select`` and an ``index_copy``), so a slot
 costs about one pass over the batch whatever the number of ops; the five geometric ops
 share one affine matrix per image and one ``grid_sample`` call. No loop over images.
-The weak augmentation (flip and translate) is :func:`fewlabels.evaluate.baselines.
+The weak augmentation (flip and translate) is :func:`fewlabels.augment.geometric.
 translate_and_flip`; this module does not duplicate it.
 """
 

@@ -14,6 +14,8 @@ from fewlabels.commands.arguments import Parser
 COMMANDS = {
     "pretrain": "fewlabels.commands.pretrain",
     "evaluate": "fewlabels.commands.evaluate",
+    "semi": "fewlabels.commands.semi",
+    "finetune": "fewlabels.commands.finetune",
     "export": "fewlabels.commands.export",
     "embed": "fewlabels.commands.embed",
     "attention": "fewlabels.commands.attention",

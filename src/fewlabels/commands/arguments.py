@@ -100,6 +100,38 @@ def add_device_options(parser: argparse.ArgumentParser) -> None:
                             "(default 0)")
 
 
+def add_backbone_options(parser: argparse.ArgumentParser, note: str = "") -> None:
+    """--backbone, --width, --depth and the backbone-specific sizes."""
+    model = parser.add_argument_group("backbone" + note)
+    model.add_argument("--backbone", default=None,
+                       help=f"backbone (default {DEFAULT_BACKBONE}; "
+                            "see: fewlabels list backbones)")
+    model.add_argument("--width", type=positive_int, default=None,
+                       help="backbone width (channels of the first stage, or ViT embedding size)")
+    model.add_argument("--depth", type=positive_int, default=None,
+                       help="backbone depth (stages, blocks per stage or ViT blocks)")
+    model.add_argument("--patch-size", type=positive_int, default=None, help="ViT patch size")
+    model.add_argument("--heads", type=positive_int, default=None, help="ViT attention heads")
+    model.add_argument("--feature-dim", type=non_negative_int, default=None,
+                       help="ConvNet: channels of the 1x1 feature layer after the last stage "
+                            "(default 512; 0 = none, the last stage's channels)")
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> Any:
+    """--resume, --checkpoint-minutes, --no-progress (and a hidden --stop-after-steps for
+    tests); returns the group, for a command's own run options."""
+    run = parser.add_argument_group("run")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run in --out from its last checkpoint, with its "
+                          "method, data and recipe (devices and --budget-minutes may change)")
+    run.add_argument("--checkpoint-minutes", type=positive_float, default=2.0,
+                     help="minutes between checkpoints (default 2)")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress display")
+    run.add_argument("--stop-after-steps", type=positive_int, default=None,
+                     help=argparse.SUPPRESS)
+    return run
+
+
 DATA_HELP = ("dataset: fashion-mnist, fashion-mnist-sample, mnist:PATH, cifar10:PATH, "
              "cifar100:PATH, stl10:PATH, folder:PATH, npz:PATH")
 

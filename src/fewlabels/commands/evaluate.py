@@ -18,9 +18,7 @@ from fewlabels.commands.arguments import (
     positive_float,
     positive_int,
 )
-from fewlabels.data import load_dataset
-from fewlabels.data.imageset import ImageSet
-from fewlabels.data.splits import make_split
+from fewlabels.data.labeled import train_and_test
 from fewlabels.engine.checkpoint import checkpoint_path
 from fewlabels.errors import UserError
 from fewlabels.evaluate import (
@@ -36,8 +34,6 @@ from fewlabels.evaluate import (
 from fewlabels.evaluate.clusters import DEFAULT_RESTARTS, HeadClusters, evaluate_clusters
 from fewlabels.report.plot import plot_label_efficiency
 from fewlabels.runs import describe, load_method, load_pretrained, make_backbone
-
-HELD_OUT_FRACTION = 0.2  # of each class, as the test part of data that has none
 
 
 def add_parser(subparsers: Any, argv: list[str]) -> None:  # noqa: ARG001
@@ -108,28 +104,6 @@ def evaluation_device(accelerator: str) -> torch.device:
     if accelerator == "mps":
         return torch.device("mps")
     return torch.device("cpu")
-
-
-def train_and_test(spec: str, image_size: int, channels: int, on_corrupt: str
-                   ) -> tuple[ImageSet, ImageSet, str]:
-    """The labeled train and test parts, resized to the size the backbone was trained at.
-    Data without a test part gets one: a seeded 20% of every class, held out."""
-    bundle = load_dataset(spec, image_size=image_size, on_corrupt=on_corrupt)
-    train = bundle.train
-    if train is None or train.labels is None:
-        raise UserError(f"{spec} has no labeled images to evaluate with; give labeled data "
-                        "(class subfolders, or a dataset with labels)")
-    if train.channels != channels:
-        raise UserError(f"{spec} has {train.channels}-channel images but the backbone was "
-                        f"trained on {channels}-channel images; evaluate on data like it")
-    test, note = bundle.test, "test part"
-    if test is None or test.labels is None:
-        smallest = int(torch.bincount(train.labels).min())
-        held = max(1, round(HELD_OUT_FRACTION * smallest))
-        split = make_split(train.labels, None, seed=0, validation_per_class=held)
-        test, train = train.subset(split.validation), train.subset(split.labeled)
-        note = f"held-out {held} images per class of the train part (it has no test part)"
-    return train, test, note
 
 
 def run(args: Any) -> Results:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -13,11 +12,12 @@ from fewlabels.commands.arguments import (
     DEFAULT_BACKBONE,
     DEFAULT_DATA,
     DEFAULT_METHOD,
+    add_backbone_options,
     add_config_options,
     add_data_options,
     add_device_options,
+    add_run_options,
     given_config_values,
-    non_negative_int,
     positive_float,
     positive_int,
 )
@@ -66,30 +66,10 @@ def add_parser(subparsers: Any, argv: list[str]) -> None:
                         help="wall-clock minutes of training; every schedule follows the "
                              "fraction of the budget spent, and training stops cleanly when "
                              "it is spent")
-    model = parser.add_argument_group("backbone")
-    model.add_argument("--backbone", default=None,
-                       help=f"backbone (default {DEFAULT_BACKBONE}; "
-                            "see: fewlabels list backbones)")
-    model.add_argument("--width", type=positive_int, default=None,
-                       help="backbone width (channels of the first stage, or ViT embedding size)")
-    model.add_argument("--depth", type=positive_int, default=None,
-                       help="backbone depth (stages, blocks per stage or ViT blocks)")
-    model.add_argument("--patch-size", type=positive_int, default=None, help="ViT patch size")
-    model.add_argument("--heads", type=positive_int, default=None, help="ViT attention heads")
-    model.add_argument("--feature-dim", type=non_negative_int, default=None,
-                       help="ConvNet: channels of the 1x1 feature layer after the last stage "
-                            "(default 512; 0 = none, the last stage's channels)")
-    run = parser.add_argument_group("run")
-    run.add_argument("--resume", action="store_true",
-                     help="continue the run in --out from its last checkpoint, with its "
-                          "method, data and recipe (devices and --budget-minutes may change)")
-    run.add_argument("--checkpoint-minutes", type=positive_float, default=2.0,
-                     help="minutes between checkpoints (default 2)")
-    run.add_argument("--no-progress", action="store_true", help="hide the progress display")
+    add_backbone_options(parser)
+    run = add_run_options(parser)
     run.add_argument("--no-collapse-monitor", action="store_true",
                      help="keep training when the embeddings collapse (ablations)")
-    run.add_argument("--stop-after-steps", type=positive_int, default=None,
-                     help=argparse.SUPPRESS)
     add_device_options(parser)
     recipe = method_class.recipe if method_class is not None else TrainingRecipe()
     add_config_options(parser, TrainingRecipe, RECIPE,

@@ -36,7 +36,10 @@ class TrainingRecipe:
         None, "weight decay at the end, reached on a cosine (DINO); none: constant")
     batch_size: int = option(512, "global batch size over all devices")
     warmup_epochs: float = option(
-        1.0, "epochs of linear learning-rate warm-up before the cosine decay")
+        1.0, "epochs of linear learning-rate warm-up before the decay")
+    lr_decay: Literal["cosine", "fixmatch"] = option(
+        "cosine", "the learning rate's decay after the warm-up: cosine (to "
+        "--final-learning-rate) or fixmatch (lr·cos(7πt/16), Sohn et al. 2020)")
     epochs: int = option(100, "passes over the data; with --budget-minutes as well, the "
                               "schedules follow the epochs and the budget stops early")
     momentum: float = option(0.9, "momentum of sgd and lars")
@@ -57,6 +60,8 @@ class TrainingRecipe:
              "--final-weight-decay must be at least 0 (or none)"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
             (self.warmup_epochs >= 0, "--warmup-epochs must be at least 0"),
+            (self.lr_decay in ("cosine", "fixmatch"),
+             f"unknown --lr-decay {self.lr_decay!r}; choose cosine or fixmatch"),
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
             (all(0 <= b < 1 for b in self.adamw_betas),
@@ -66,8 +71,11 @@ class TrainingRecipe:
         check_options(checks)
 
     def learning_rate_schedule(self) -> Schedule:
-        """Warm-up then cosine, scaled by ``batch_size / 256`` (Goyal et al. 2017)."""
+        """Warm-up then the decay (cosine or FixMatch's), scaled by ``batch_size / 256``
+        (Goyal et al. 2017)."""
         scale = self.batch_size / 256
+        if self.lr_decay == "fixmatch":
+            return Schedule(self.learning_rate * scale, None, "fixmatch", self.warmup_epochs)
         return Schedule.warmup_cosine(self.learning_rate * scale,
                                       self.final_learning_rate * scale, self.warmup_epochs)
 

@@ -31,10 +31,11 @@ from fewlabels.engine.monitor import CollapseMonitor
 from fewlabels.engine.optim import build_optimizer, parameter_groups
 from fewlabels.engine.recipe import TrainingRecipe
 from fewlabels.engine.run_control import StopFlag, prepare_normalization, synchronized
-from fewlabels.engine.sampling import StreamSampler, step_seed
+from fewlabels.engine.sampling import step_seed
 from fewlabels.engine.schedule import TrainingClock
+from fewlabels.engine.streams import BatchStreams, LabeledStream
 from fewlabels.errors import UserError
-from fewlabels.methods.base import Batch, Method, StepInfo
+from fewlabels.methods.base import Method, StepInfo
 
 # Share of a time budget kept for the final checkpoint.
 BUDGET_RESERVE = 0.02
@@ -101,12 +102,14 @@ class TrainingInterrupted(Exception):  # noqa: N818 - a stop asked for, not an e
 
 
 def train(method: Method, images: torch.Tensor, config: TrainConfig, run_spec: dict[str, Any],
-          fabric: Fabric, checkpoint: dict[str, Any] | None = None) -> TrainResult:
-    """Train ``method`` on ``images`` (uint8 ``[N, C, H, W]``). ``run_spec`` describes how to
-    rebuild the method (name, configs, backbone, data) and is stored in every checkpoint. With
-    ``config.resume``, ``checkpoint`` is the run's checkpoint when the caller has already
-    loaded it; otherwise it is read from ``config.run_dir``."""
-    return Trainer(method, images, config, run_spec, fabric, checkpoint).run()
+          fabric: Fabric, checkpoint: dict[str, Any] | None = None,
+          labeled: LabeledStream | None = None) -> TrainResult:
+    """Train ``method`` on ``images`` (uint8 ``[N, C, H, W]``), and for a classifier run on
+    the ``labeled`` stream beside them (:mod:`fewlabels.engine.streams`). ``run_spec``
+    describes how to rebuild the method (name, configs, backbone, data) and is stored in every
+    checkpoint. With ``config.resume``, ``checkpoint`` is the run's checkpoint when the caller
+    has already loaded it; otherwise it is read from ``config.run_dir``."""
+    return Trainer(method, images, config, run_spec, fabric, checkpoint, labeled).run()
 
 
 class _Meter:
@@ -114,7 +117,7 @@ class _Meter:
 
     def __init__(self) -> None:
         self.loss = self.augment = self.seconds = 0.0
-        self.steps = self.images = 0
+        self.steps = self.images = self.run_images = 0
         self.run_augment = self.run_seconds = 0.0
 
     def add(self, loss: float, augment: float, seconds: float, images: int) -> None:
@@ -125,6 +128,7 @@ class _Meter:
         self.images += images
         self.run_augment += augment
         self.run_seconds += seconds
+        self.run_images += images
 
     def flush(self) -> dict[str, float]:
         values = {"loss": self.loss / self.steps,
@@ -140,7 +144,8 @@ class Trainer:
 
     def __init__(self, method: Method, images: torch.Tensor, config: TrainConfig,
                  run_spec: dict[str, Any], fabric: Fabric,
-                 checkpoint: dict[str, Any] | None = None) -> None:
+                 checkpoint: dict[str, Any] | None = None,
+                 labeled: LabeledStream | None = None) -> None:
         self.config, self.run_spec, self.fabric = config, run_spec, fabric
         self.recipe = recipe = config.recipe
         self.run_dir = Path(config.run_dir)
@@ -149,8 +154,9 @@ class Trainer:
             raise UserError(f"batch size {recipe.batch_size} must be divisible by the "
                             f"{self.world} devices; pass a multiple of {self.world} to "
                             "--batch-size")
-        self.sampler = StreamSampler(len(images), recipe.batch_size, config.seed)
-        self.steps_per_epoch = self.sampler.steps_per_epoch
+        self.streams = BatchStreams(images, labeled, recipe.batch_size, config.seed,
+                                    fabric.device)
+        self.steps_per_epoch = self.streams.steps_per_epoch
         self.budget_seconds = (None if config.budget_minutes is None
                                else 60 * config.budget_minutes * (1 - BUDGET_RESERVE))
         self.total_steps = None if config.by_budget else recipe.epochs * self.steps_per_epoch
@@ -170,7 +176,7 @@ class Trainer:
                                     momentum=recipe.momentum, betas=recipe.adamw_betas,
                                     nesterov=recipe.nesterov)
         self.model, self.optimizer = fabric.setup(method, optimizer)
-        self.images = images.to(fabric.device)
+        self.images = self.streams.images
         self.generator = torch.Generator(device=fabric.device)
         self.monitor = CollapseMonitor()
 
@@ -246,12 +252,11 @@ class Trainer:
                                 "epoch_work_seconds": self.epoch_work_seconds, **numbers})
 
     def _make_inputs(self) -> tuple[Any, int]:
-        """This device's part of the step's global batch, with the images' dataset indices,
-        augmented into the method's inputs; and the number of images."""
-        indices = self.sampler.indices(self.step, self.rank, self.world).to(self.fabric.device)
-        batch = Batch(unlabeled=self.images[indices], indices=indices)
+        """This device's part of the step's global batch (each stream's), with the images'
+        dataset indices, augmented into the method's inputs; and the number of images."""
+        batch, count = self.streams.batch(self.step, self.rank, self.world)
         self.generator.manual_seed(step_seed(self.config.seed, self.step, self.rank))
-        return self.method.make_views(batch, self.generator), len(indices)
+        return self.method.make_views(batch, self.generator), count
 
     def _unscale_gradients(self) -> None:
         """With fp16 mixed precision, divide the gradients by the loss scale before they are
@@ -273,7 +278,7 @@ class Trainer:
         progress = Progress(config.progress and fabric.is_global_zero, self.total_steps,
                             self.step)
         started = last_checkpoint = time.perf_counter()
-        first_step, meter = self.step, _Meter()
+        meter = _Meter()
         last_loss, out_of_time = math.nan, False
         self.model.train()
         try:
@@ -326,8 +331,7 @@ class Trainer:
         return TrainResult(
             step=self.step, total_steps=self.total_steps or self.step, finished=finished,
             elapsed_seconds=self.elapsed,
-            images_per_second=(self.step - first_step) * self.recipe.batch_size
-            / max(seconds, 1e-9),
+            images_per_second=meter.run_images / max(seconds, 1e-9),
             augment_fraction=meter.run_augment / max(meter.run_seconds, 1e-9),
             last_loss=last_loss,
         )

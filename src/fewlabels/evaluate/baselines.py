@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewlabels.augment.convert import normalize, to_float
+from fewlabels.augment.geometric import translate_and_flip
 from fewlabels.data.imageset import ImageSet
 from fewlabels.engine.optim import build_optimizer
 from fewlabels.threads import single_thread_if_small
@@ -75,28 +76,6 @@ def supervised_steps(
     the default width 64."""
     steps_per_epoch = math.ceil(num_labeled / max(1, min(batch_size, num_labeled)))
     return min(max(epochs * steps_per_epoch, min_steps), max_steps)
-
-
-def translate_and_flip(
-    images: torch.Tensor, *, max_shift: int, flip: bool, generator: torch.Generator
-) -> torch.Tensor:
-    """Light augmentation of a float batch ``[N, C, H, W]``: a random translation by up to
-    ``max_shift`` pixels each way (reflect padding, then a per-image crop by gather) and a
-    horizontal flip with probability 1/2. One draw per image, no loop over images."""
-    N, C, H, W = images.shape
-    max_shift = min(max_shift, H - 1, W - 1)
-    if max_shift > 0:
-        padded = F.pad(images, (max_shift,) * 4, mode="reflect")  # [N, C, H+2s, W+2s]
-        offsets = torch.randint(0, 2 * max_shift + 1, (N, 2), generator=generator)
-        offsets = offsets.to(images.device)
-        rows = offsets[:, :1] + torch.arange(H, device=images.device)  # [N, H]
-        cols = offsets[:, 1:] + torch.arange(W, device=images.device)  # [N, W]
-        padded = padded.gather(2, rows[:, None, :, None].expand(N, C, H, padded.shape[3]))
-        images = padded.gather(3, cols[:, None, None, :].expand(N, C, H, W))  # [N, C, H, W]
-    if flip:
-        flipped = (torch.rand(N, generator=generator) < 0.5).to(images.device)
-        images = torch.where(flipped[:, None, None, None], images.flip(3), images)
-    return images
 
 
 class SupervisedModel(nn.Module):

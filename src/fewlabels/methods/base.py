@@ -60,13 +60,18 @@ class DataInfo:
 @dataclass
 class Batch:
     """One training batch on the device: unlabeled uint8 images with their indices in the
-    training set (memory banks, per-image pseudo-labels), and for semi-supervised methods a
-    labeled stream with its labels."""
+    training set (memory banks, per-image pseudo-labels), and for classifier runs a labeled
+    stream with its labels and indices into the labeled set (``unlabeled`` is None when a
+    classifier run has no unlabeled stream). ``hidden_labels`` are the true labels of the
+    unlabeled images when the data has them: for logging the pseudo-label accuracy only,
+    never for training."""
 
-    unlabeled: torch.Tensor
+    unlabeled: torch.Tensor | None
     indices: torch.Tensor | None = None
     labeled: torch.Tensor | None = None
     labels: torch.Tensor | None = None
+    labeled_indices: torch.Tensor | None = None
+    hidden_labels: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
