@@ -163,3 +163,18 @@ def test_a_pseudo_label_rate_stuck_at_zero_is_reported(tmp_path):
     lines[-1]["pseudo_label_rate"] = 0.01
     (tmp_path / "metrics.jsonl").write_text("\n".join(map(json.dumps, lines)) + "\n")
     assert pseudo_label_warning(tmp_path) is None
+
+
+def test_max_unlabeled_keeps_the_labeled_images_and_a_seeded_choice_of_the_rest():
+    from fewlabels.data.imageset import ImageSet
+    from fewlabels.semi.classifier_run import split_spec, streams
+
+    images = torch.arange(40, dtype=torch.uint8).reshape(40, 1, 1, 1).expand(40, 1, 2, 2)
+    train = ImageSet(images.contiguous(), torch.arange(40) % 4, [str(i) for i in range(4)])
+    split = split_spec(train.labels, 1, seed=5)
+    pool, labeled = streams(train, split, unlabeled_ratio=2, max_unlabeled=10)
+    values = set(pool[:, 0, 0, 0].tolist())
+    assert len(pool) == 10 and set(split["labeled_indices"]) <= values
+    assert torch.equal(labeled.hidden_labels, train.labels[pool[:, 0, 0, 0].long()])
+    again, _ = streams(train, split, unlabeled_ratio=2, max_unlabeled=10)
+    assert torch.equal(pool, again)

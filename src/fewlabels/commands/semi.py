@@ -21,6 +21,7 @@ from fewlabels.commands.arguments import (
     budgets,
     given_config_values,
     positive_float,
+    positive_int,
 )
 from fewlabels.commands.pretrain import method_on_command_line
 from fewlabels.data.labeled import train_and_test
@@ -93,6 +94,11 @@ def add_classifier_parser(subparsers: Any, argv: list[str], command: str) -> Non
                         help="run folder of a pretrained run whose backbone to start from "
                              "(its backbone and normalisation are used)")
     add_data_options(parser, f"the --init run's data, else {DEFAULT_DATA}")
+    if not finetune:
+        parser.add_argument("--max-unlabeled", type=positive_int, default=None,
+                            help="unlabeled stream of this many training images: the "
+                                 "labeled ones and a seeded random choice of the others "
+                                 "(default: every training image)")
     length = parser.add_argument_group("length (the recipe's epochs when neither is given)")
     length.add_argument("--budget-minutes", type=positive_float, default=None,
                         help="wall-clock minutes of training; every schedule follows the "
@@ -159,7 +165,8 @@ def run(args: Any) -> dict[str, Any]:
                             "(its evaluated network is not a plain backbone); choose a "
                             "run of another method") from error
     run_spec["method_config"] = method.config_dict()
-    images, labeled = streams(train_part, run_spec["split"], method.unlabeled_ratio)
+    images, labeled = streams(train_part, run_spec["split"], method.unlabeled_ratio,
+                              run_spec["split"].get("max_unlabeled"))
     if fabric.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
         (out / "run.json").write_text(json.dumps(
@@ -227,7 +234,8 @@ def _new_run_spec(args: Any, seed: int) -> tuple[dict[str, Any], Any, Any, str]:
         "data": {"spec": spec, "image_size": image_size, "on_corrupt": args.on_corrupt,
                  "info": info.__dict__ | {"mean": list(info.mean), "std": list(info.std)}},
         "class_names": list(train_part.class_names),
-        "split": split_spec(train_part.labels, labels_per_class, seed),
+        "split": split_spec(train_part.labels, labels_per_class, seed)
+        | {"max_unlabeled": getattr(args, "max_unlabeled", None)},
         "init": None if init is None else str(args.init),
         "representation": "backbone",
     }

@@ -27,11 +27,12 @@ def split_spec(labels: torch.Tensor, labels_per_class: int | None, seed: int) ->
             "labeled_indices": split.labeled.tolist()}
 
 
-def streams(train: ImageSet, split: dict[str, Any], unlabeled_ratio: int
-            ) -> tuple[torch.Tensor, LabeledStream]:
+def streams(train: ImageSet, split: dict[str, Any], unlabeled_ratio: int,
+            max_unlabeled: int | None = None) -> tuple[torch.Tensor, LabeledStream]:
     """The unlabeled stream's images (every training image, the labeled ones too, as in
-    FixMatch) and the labeled stream of the stored split, with the train part's labels as
-    the unlabeled images' hidden labels (logged, never trained on)."""
+    FixMatch; or the labeled ones and a seeded random choice of the others, ``max_unlabeled``
+    in all) and the labeled stream of the stored split, with the train part's labels as the
+    unlabeled images' hidden labels (logged, never trained on)."""
     if train.labels is None:
         raise UserError("a classifier run needs labeled training images")
     indices = torch.as_tensor(split["labeled_indices"], dtype=torch.long)
@@ -39,7 +40,17 @@ def streams(train: ImageSet, split: dict[str, Any], unlabeled_ratio: int
         raise UserError("the run's stored split does not fit this data; train a new run")
     labeled = LabeledStream(train.images[indices], train.labels[indices], unlabeled_ratio,
                             hidden_labels=train.labels)
-    return train.images, labeled
+    if max_unlabeled is None or max_unlabeled >= len(train):
+        return train.images, labeled
+    others = torch.ones(len(train), dtype=torch.bool)
+    others[indices] = False
+    generator = torch.Generator().manual_seed(split["seed"])
+    rest = others.nonzero().squeeze(1)
+    chosen = rest[torch.randperm(len(rest), generator=generator)[:max(0, max_unlabeled
+                                                                         - len(indices))]]
+    pool = torch.cat([indices, chosen]).sort().values
+    labeled.hidden_labels = train.labels[pool]
+    return train.images[pool], labeled
 
 
 def backbone_state(network: nn.Module) -> dict[str, torch.Tensor]:
