@@ -107,6 +107,7 @@ class DataBundle:
                 images.labels,
                 images.class_names,
                 images.name,
+                images.ids,
             )
         return images
 
@@ -116,9 +117,11 @@ def image_set_from_arrays(
     labels: np.ndarray | None,
     class_names: list[str],
     name: str,
+    ids: list[str] | None = None,
 ) -> ImageSet:
     """An :class:`ImageSet` sharing memory with ``images`` (uint8 ``[N, C, H, W]``) and
-    ``labels`` (integers ``[N]`` in ``range(len(class_names))``, or ``None``)."""
+    ``labels`` (integers ``[N]`` in ``range(len(class_names))``, or ``None``); ``ids`` names
+    each image (an image folder's file paths), or is ``None``."""
     if images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(
             f"readers must produce uint8 [N, C, H, W], got {images.dtype} {images.shape}"
@@ -126,7 +129,8 @@ def image_set_from_arrays(
     label_tensor = None
     if labels is not None:
         label_tensor = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-    return ImageSet(torch.from_numpy(images), label_tensor, list(class_names), name)
+    return ImageSet(torch.from_numpy(images), label_tensor, list(class_names), name,
+                    None if ids is None else list(ids))
 
 
 def resize_images(images: torch.Tensor, size: int, chunk: int = 1024) -> torch.Tensor:

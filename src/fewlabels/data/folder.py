@@ -15,6 +15,9 @@ Class names are the class folder names of train and test together, sorted; image
 class folder may sit in subfolders. Files and folders are sorted, so the same folder always
 gives the same order. Hidden files and folders (``.name``) are ignored.
 
+Each part's ``ids`` are its images' file paths relative to ``PATH``, ``/``-separated
+(``train/cat/001.png``), in the order of its images; skipped files have none.
+
 Every image is cropped to a centred square (the largest that fits) and resized to
 ``image_size x image_size`` (default 32) with Pillow's bilinear filter, which antialiases
 when shrinking; the crop keeps the aspect ratio instead of squashing the image. Images are
@@ -182,6 +185,7 @@ class ImageFolder:
             decoded[part_name] = image_set_from_arrays(
                 np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)), labels, class_names,
                 f"{self.name}/{part_name}",
+                ids=[part.files[index].relative_to(self.path).as_posix() for index in kept],
             )
         return decoded
 
