@@ -16,6 +16,7 @@ COMMANDS = {
     "evaluate": "fewlabels.commands.evaluate",
     "semi": "fewlabels.commands.semi",
     "finetune": "fewlabels.commands.finetune",
+    "predict": "fewlabels.commands.predict",
     "export": "fewlabels.commands.export",
     "embed": "fewlabels.commands.embed",
     "attention": "fewlabels.commands.attention",
