@@ -5,7 +5,9 @@
   never trained (features of an untrained network are a surprisingly strong baseline for kNN
   and linear probes);
 - supervised from scratch: the backbone plus a linear classifier trained with cross-entropy
-  on the labeled subset only — the number a label-efficient method has to beat.
+  on the labeled subset only — the number a label-efficient method has to beat. It is the
+  ``supervised`` classifier method on the engine's training loop (the one loop of
+  `fewlabels semi` and `fewlabels finetune`), with this baseline's own AdamW recipe.
 """
 
 from __future__ import annotations
@@ -15,19 +17,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fewlabels.augment.convert import normalize, to_float
-from fewlabels.augment.geometric import translate_and_flip
 from fewlabels.data.imageset import ImageSet
-from fewlabels.engine.optim import build_optimizer
-from fewlabels.threads import single_thread_if_small
+from fewlabels.engine.recipe import TrainingRecipe
+from fewlabels.methods.base import DataInfo
+from fewlabels.semi.classifier_run import predict_probabilities
+from fewlabels.semi.training import epochs_for_steps, moving_average_decay, train_classifier
 
 BackboneFactory = Callable[[], nn.Module]
-# Batches of fewer pixel values than this train on one thread (see single_thread_if_small):
-# 1 and 10 labels per class of 28 px images, 1 per class of 32 px RGB images.
-_SINGLE_THREAD_BELOW = 1 << 17
 
 
 @torch.no_grad()
@@ -79,40 +78,32 @@ def supervised_steps(
 
 
 class SupervisedModel(nn.Module):
-    """A backbone with a linear classifier; ``settings`` records how it was trained."""
+    """A trained classifier network (backbone and linear classifier: normalised images ->
+    logits) with the normalisation it expects; ``settings`` records how it was trained."""
 
-    def __init__(
-        self, backbone: nn.Module, num_classes: int, mean: Sequence[float], std: Sequence[float]
-    ) -> None:
+    def __init__(self, network: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
-        self.backbone = backbone
-        self.classifier = nn.Linear(int(backbone.feature_dim), num_classes)
+        self.network = network
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
         self.settings: dict[str, Any] = {}
 
+    @property
+    def backbone(self) -> nn.Module:
+        return self.network.backbone
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits ``[N, classes]`` for normalised float images."""
-        return self.classifier(self.backbone(images))
+        return self.network(images)
 
     @torch.no_grad()
     def predict(self, images_uint8: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
         """Predicted labels (int64, CPU) for uint8 images, in eval mode."""
-        was_training = self.training
-        self.eval()
-        device = self.mean.device
-        try:
-            predictions = [
-                self(
-                    normalize(to_float(images_uint8[start : start + batch_size].to(device)),
-                              self.mean, self.std, inplace=True)
-                    .contiguous(memory_format=torch.channels_last)
-                ).argmax(1).cpu()
-                for start in range(0, len(images_uint8), batch_size)
-            ]
-        finally:
-            self.train(was_training)
-        return torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.long)
+        if len(images_uint8) == 0:
+            return torch.zeros(0, dtype=torch.long)
+        return predict_probabilities(self.network, images_uint8, self.mean.tolist(),
+                                     self.std.tolist(), batch_size=batch_size,
+                                     device=self.mean.device).argmax(1)
 
     def accuracy(self, images: ImageSet) -> float:
         """Fraction of ``images`` whose predicted label is right."""
@@ -121,13 +112,15 @@ class SupervisedModel(nn.Module):
         return (self.predict(images.images) == images.labels).float().mean().item()
 
 
-def learning_rates(peak: float, steps: int, warmup_steps: int) -> torch.Tensor:
-    """Per-step learning rates: linear warm-up to ``peak``, then a cosine decay to 0."""
-    step = torch.arange(steps, dtype=torch.float64)
-    warmup = peak * (step + 1) / max(1, warmup_steps)
-    progress = (step - warmup_steps) / max(1, steps - warmup_steps)
-    cosine = peak * 0.5 * (1 + torch.cos(math.pi * progress.clamp(0, 1)))
-    return torch.where(step < warmup_steps, warmup, cosine)
+def baseline_recipe(batch_size: int, lr: float, weight_decay: float, warmup_fraction: float,
+                    epochs: int) -> TrainingRecipe:
+    """The supervised baseline's recipe as the engine reads it: AdamW at learning rate ``lr``
+    for batches of ``batch_size`` (the engine scales a recipe's rate per 256 images), cosine
+    decay to 0 after a linear warm-up over ``warmup_fraction`` of the ``epochs``."""
+    return TrainingRecipe(optimizer="adamw", learning_rate=lr * 256 / batch_size,
+                          weight_decay=weight_decay, batch_size=batch_size,
+                          warmup_epochs=warmup_fraction * epochs, lr_decay="cosine",
+                          epochs=epochs)
 
 
 def train_supervised(
@@ -144,78 +137,47 @@ def train_supervised(
     warmup_fraction: float = 0.05,
     max_shift: int | None = None,
     flip: bool = True,
+    ema_decay: float | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> SupervisedModel:
-    """Train ``backbone_factory()`` plus a linear classifier from scratch on ``labeled`` only.
+    """Train ``backbone_factory()`` plus a linear classifier from scratch on ``labeled`` only:
+    the ``supervised`` classifier method on the engine's training loop
+    (:func:`~fewlabels.semi.training.train_classifier`), the one loop every classifier
+    trains with.
 
-    AdamW (decoupled weight decay on matrices and convolution kernels only, as in nanoGPT) with
-    a linear warm-up over ``warmup_fraction`` of the steps and a cosine decay; cross-entropy;
-    light augmentation by :func:`translate_and_flip` (``max_shift`` defaults to 1/16 of the
-    image side, at least 2 px). Batches of ``min(batch_size, N)`` images are taken by indexing
-    seeded permutations of the in-memory uint8 tensor. ``steps=None`` uses
-    :func:`supervised_steps`. The returned model's ``settings`` records all of this.
+    AdamW (weight decay on matrices and convolution kernels only) at ``lr`` for batches of
+    ``min(batch_size, N)`` images, a linear warm-up over ``warmup_fraction`` of the run and a
+    cosine decay; cross-entropy on images translated by up to ``max_shift`` pixels (default
+    1/16 of the image side, at least 2 px) and flipped. ``steps=None`` uses
+    :func:`supervised_steps`; the length is rounded to whole passes over the labeled images.
+    The returned model is the moving average of the weights, with decay ``ema_decay``
+    (default :func:`~fewlabels.semi.training.moving_average_decay` of the run's length; 0:
+    the trained weights); its ``settings`` record all of this.
     """
     if labeled.labels is None or len(labeled) == 0:
         raise ValueError("train_supervised needs labeled images")
-    device = torch.device(device)
     num_classes = num_classes or max(labeled.num_classes, int(labeled.labels.max()) + 1)
     batch_size = min(batch_size, len(labeled))
     steps = steps if steps is not None else supervised_steps(len(labeled), batch_size)
-    warmup_steps = round(warmup_fraction * steps)
+    epochs, steps = epochs_for_steps(steps, len(labeled), batch_size)
+    side = min(labeled.image_size)
     if max_shift is None:
-        max_shift = max(2, round(min(labeled.image_size) / 16))
+        max_shift = max(2, round(side / 16))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = SupervisedModel(backbone_factory(), num_classes, mean, std)
-    model = model.to(device, memory_format=torch.channels_last)
-    model.settings = {
-        "optimizer": "AdamW", "steps": steps, "batch_size": batch_size,
-        "epochs": round(steps * batch_size / len(labeled), 2), "lr": lr,
-        "weight_decay": weight_decay, "warmup_steps": warmup_steps, "schedule": "cosine",
-        "max_shift": max_shift, "flip": flip, "seed": seed, "labeled": len(labeled),
-    }
-    optimizer = build_optimizer("adamw", model, lr, weight_decay)
-    schedule = learning_rates(lr, steps, warmup_steps).tolist()
-    generator = torch.Generator().manual_seed(seed)
-    images, labels = labeled.images.to(device), labeled.labels.to(device)
-    permutations_needed = math.ceil(steps * batch_size / len(labeled))
-    order = torch.cat(
-        [torch.randperm(len(labeled), generator=generator) for _ in range(permutations_needed)]
-    ).to(device)
-    model.train()
-    with single_thread_if_small(batch_size * labeled.images[0].numel(), _SINGLE_THREAD_BELOW):
-        _train_steps(model, optimizer, schedule, images, labels, order, batch_size,
-                     max_shift=max_shift, flip=flip, generator=generator)
-    model.eval()
-    return model
-
-
-def _train_steps(
-    model: SupervisedModel,
-    optimizer: torch.optim.Optimizer,
-    schedule: list[float],
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    order: torch.Tensor,
-    batch_size: int,
-    *,
-    max_shift: int,
-    flip: bool,
-    generator: torch.Generator,
-) -> None:
-    for step in range(len(schedule)):
-        for group in optimizer.param_groups:
-            group["lr"] = schedule[step]
-        indices = order[step * batch_size : (step + 1) * batch_size]
-        batch = images[indices].to(torch.float32).div_(255)
-        batch = translate_and_flip(batch, max_shift=max_shift, flip=flip, generator=generator)
-        batch = ((batch - model.mean.view(1, -1, 1, 1)) / model.std.view(1, -1, 1, 1))
-        logits = model(batch.contiguous(memory_format=torch.channels_last))
-        loss = F.cross_entropy(logits, labels[indices])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        backbone = backbone_factory()
+    data = DataInfo(labeled.channels, side, tuple(mean), tuple(std), num_classes, len(labeled))
+    options = {"ema_decay": moving_average_decay(steps) if ema_decay is None else ema_decay,
+               "max_shift": max_shift / side, "flip": flip}
+    trained = train_classifier(
+        backbone, data, labeled, method="supervised", options=options,
+        recipe=baseline_recipe(batch_size, lr, weight_decay, warmup_fraction, epochs),
+        seed=seed, device=device)
+    model = SupervisedModel(trained.network(), mean, std).to(torch.device(device))
+    model.settings = {**trained.settings(), "max_shift": max_shift, "seed": seed,
+                      "labeled": len(labeled), "from": "scratch"}
+    return model.eval()
 
 
 def supervised_baseline(
