@@ -29,8 +29,8 @@ def _save(path, value, mode="L"):
 
 
 def _write_folder(root):
-    """train/CLASS/i.png (4 a class), test/CLASS/i.png (2 a class), unlabeled/u*.png (3):
-    grayscale squares whose brightness tells the class."""
+    """train/CLASS/i.png (4 a class), test/CLASS/i.png (2 a class), unlabeled/u*.png (3) and
+    a file name CSV must quote: grayscale squares whose brightness tells the class."""
     for index, name in enumerate(CLASSES):
         for image in range(4):
             _save(root / "train" / name / f"{image}.png", 40 + 80 * index + 5 * image)
@@ -38,6 +38,7 @@ def _write_folder(root):
             _save(root / "test" / name / f"{image}.png", 42 + 80 * index + 7 * image)
     for image in range(3):
         _save(root / "unlabeled" / f"u{image}.png", 30 + 90 * image)
+    _save(root / "unlabeled" / "\u00fcber, \"2\".png", 99)
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +85,9 @@ def test_every_image_gets_a_row_with_the_max_softmax_and_its_file(classifier_run
     bundle = load_dataset(f"folder:{folder}", image_size=8)
     expected_ids = ([f"train/{name}/{i}.png" for name in CLASSES for i in range(4)]
                     + [f"test/{name}/{i}.png" for name in CLASSES for i in range(2)]
-                    + [f"unlabeled/u{i}.png" for i in range(3)])
+                    + [f"unlabeled/u{i}.png" for i in range(3)] + ['unlabeled/\u00fcber, "2".png'])
     assert [row["id"] for row in rows] == expected_ids
-    assert [row["part"] for row in rows] == ["train"] * 12 + ["test"] * 6 + ["unlabeled"] * 3
+    assert [row["part"] for row in rows] == ["train"] * 12 + ["test"] * 6 + ["unlabeled"] * 4
     images = torch.cat([bundle.train.images, bundle.test.images, bundle.unlabeled.images])
     probabilities = _direct_probabilities(run, images)
     confidences = torch.tensor([float(row["confidence"]) for row in rows])
@@ -94,12 +95,12 @@ def test_every_image_gets_a_row_with_the_max_softmax_and_its_file(classifier_run
     assert [row["prediction"] for row in rows] == [CLASSES[i] for i in
                                                    probabilities.argmax(dim=1).tolist()]
     labels = torch.cat([bundle.train.labels, bundle.test.labels]).tolist()
-    assert [row["label"] for row in rows] == [CLASSES[i] for i in labels] + [""] * 3
+    assert [row["label"] for row in rows] == [CLASSES[i] for i in labels] + [""] * 4
     labeled = [row for row in rows if row["label"]]
     right = sum(row["prediction"] == row["label"] for row in labeled) / len(labeled)
     assert _printed_accuracy(printed) == pytest.approx(100 * right, abs=0.005)
     assert f"mean confidence {confidences.mean():.3f}" in printed and str(out) in printed
-    assert "predicted 21 images" in printed
+    assert "predicted 22 images" in printed
 
 
 def test_other_data_gets_part_and_index_ids_top_k_and_labels_by_class_name(classifier_run,

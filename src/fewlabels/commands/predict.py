@@ -51,15 +51,16 @@ def add_parser(subparsers: Any, argv: list[str]) -> None:  # noqa: ARG001
                     "part, prediction, confidence, with --top K the next classes and their "
                     "probabilities, and label where the image has one. Confidences are the "
                     "softmax of the run's moving-average network, not calibrated.")
-    parser.add_argument("--checkpoint", required=True,
+    parser.add_argument("--checkpoint", required=True, metavar="RUN_DIR",
                         help="run folder (or checkpoint.pt) of fewlabels semi or finetune")
     parser.add_argument("--data", default=None,
                         help=f"{DATA_HELP} (default: the data the run was trained on)")
-    parser.add_argument("--out", required=True, help="the .csv file to write")
+    parser.add_argument("--out", required=True, metavar="FILE.csv",
+                        help="the CSV file to write (UTF-8, a header line)")
     parser.add_argument("--part", choices=[*PART_NAMES, ALL_PARTS], default=ALL_PARTS,
                         help="which part of the dataset to predict (default all: every part "
                              "it has)")
-    parser.add_argument("--top", type=positive_int, default=1,
+    parser.add_argument("--top", type=positive_int, default=1, metavar="K",
                         help="classes per image, most probable first (default 1)")
     parser.add_argument("--batch-size", type=positive_int, default=512,
                         help="images per forward pass (default 512)")
