@@ -2,7 +2,14 @@
 training and fine-tuning, and the semi-supervised methods, all on the engine's training loop
 with a labeled and an unlabeled stream (:mod:`fewlabels.engine.streams`)."""
 
-from fewlabels.semi import supervised  # noqa: F401
+from fewlabels.semi import (
+    entropy_minimization,  # noqa: F401
+    mean_teacher,  # noqa: F401
+    pi_model,  # noqa: F401
+    pseudo_label,  # noqa: F401
+    supervised,  # noqa: F401
+    vat,  # noqa: F401
+)
 from fewlabels.semi.base import (
     ClassifierConfig,
     ClassifierMethod,
