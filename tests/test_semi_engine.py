@@ -178,3 +178,26 @@ def test_max_unlabeled_keeps_the_labeled_images_and_a_seeded_choice_of_the_rest(
     assert torch.equal(labeled.hidden_labels, train.labels[pool[:, 0, 0, 0].long()])
     again, _ = streams(train, split, unlabeled_ratio=2, max_unlabeled=10)
     assert torch.equal(pool, again)
+
+
+def test_a_slow_or_frozen_backbone_and_a_probe_initialised_head():
+    from fewlabels.engine.optim import parameter_groups
+
+    torch.manual_seed(0)
+    method = _supervised()
+    method.config.backbone_lr_scale = 0.1
+    groups = parameter_groups(method, 5e-4, method.parameter_options)
+    backbone = {id(p) for p in method.backbone.parameters()}
+    for group in groups:
+        in_backbone = {id(p) in backbone for p in group["params"]}
+        assert len(in_backbone) == 1  # a group is all backbone or all classifier
+        assert group["lr_scale"] == (0.1 if in_backbone.pop() else 1.0)
+    method.config.backbone_lr_scale = 0.0
+    method.train()
+    assert not method.backbone.training and method.classifier.training
+    images = torch.randint(0, 256, (12, 1, 28, 28), dtype=torch.uint8)
+    labels = torch.arange(12) % 3
+    assert method.fit_head_(images, labels) == 1.0  # 12 points in 256 dimensions: separable
+    assert torch.equal(method.average.classifier.weight, method.classifier.weight)
+    logits = method.classifier(method.backbone.eval()(method.normalized(images)))
+    assert torch.equal(logits.argmax(1), labels)

@@ -156,17 +156,11 @@ def run(args: Any) -> dict[str, Any]:
     torch.manual_seed(config.seed)  # the same initial weights on every device
     method = build_method(run_spec)
     assert isinstance(method, ClassifierMethod)
-    if not args.resume and run_spec.get("init"):
-        pretrained = load_pretrained(run_spec["init"])
-        try:
-            method.load_backbone_(backbone_state(pretrained.network))
-        except RuntimeError as error:
-            raise UserError(f"the backbone of {run_spec['init']} cannot start a classifier "
-                            "(its evaluated network is not a plain backbone); choose a "
-                            "run of another method") from error
-    run_spec["method_config"] = method.config_dict()
     images, labeled = streams(train_part, run_spec["split"], method.unlabeled_ratio,
                               run_spec["split"].get("max_unlabeled"))
+    if not args.resume:
+        _start(method, run_spec, labeled, fabric.is_global_zero)
+    run_spec["method_config"] = method.config_dict()
     if fabric.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
         (out / "run.json").write_text(json.dumps(
@@ -199,6 +193,25 @@ def run(args: Any) -> dict[str, Any]:
         if warning:
             print(f"warning: {warning}")
     return summary
+
+
+def _start(method: ClassifierMethod, run_spec: dict[str, Any], labeled: Any,
+           verbose: bool) -> None:
+    """A new run's starting weights: the --init run's backbone, and with --head-init probe
+    a classifier fitted to the labeled images' features."""
+    if run_spec.get("init"):
+        pretrained = load_pretrained(run_spec["init"])
+        try:
+            method.load_backbone_(backbone_state(pretrained.network))
+        except RuntimeError as error:
+            raise UserError(f"the backbone of {run_spec['init']} cannot start a classifier "
+                            "(its evaluated network is not a plain backbone); choose a "
+                            "run of another method") from error
+    if method.config.head_init == "probe":
+        fitted = method.fit_head_(labeled.images, labeled.labels)
+        if verbose:
+            print(f"classifier initialised by a probe on the labeled images' features "
+                  f"({100 * fitted:.0f}% of them right)")
 
 
 def _new_run_spec(args: Any, seed: int) -> tuple[dict[str, Any], Any, Any, str]:

@@ -21,6 +21,7 @@ class ParameterOptions:
     weight_decay: bool = True
     lars: bool = True  # layer-wise trust ratio (LARS only)
     scheduled_learning_rate: bool = True  # False: the peak learning rate throughout
+    learning_rate_scale: float = 1.0  # times the scheduled rate (a slowly trained backbone)
 
 
 def default_parameter_options(name: str, parameter: nn.Parameter) -> ParameterOptions:
@@ -36,17 +37,19 @@ def parameter_groups(
 ) -> list[dict]:
     """The trainable parameters of ``model`` in one group per distinct
     :class:`ParameterOptions`. Each group records its options (``"decayed"``, ``"lars"``,
-    ``"scheduled"``) so the engine can set its learning rate and weight decay every step."""
+    ``"scheduled"``, ``"lr_scale"``) so the engine can set its learning rate and weight decay
+    every step."""
     groups: dict[ParameterOptions, list[nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
             groups.setdefault(options(name, parameter), []).append(parameter)
     ordered = sorted(groups.items(), key=lambda item: (not item[0].weight_decay,
                                                        not item[0].lars,
-                                                       not item[0].scheduled_learning_rate))
+                                                       not item[0].scheduled_learning_rate,
+                                                       -item[0].learning_rate_scale))
     return [{"params": params, "weight_decay": weight_decay if key.weight_decay else 0.0,
              "decayed": key.weight_decay, "lars": key.lars,
-             "scheduled": key.scheduled_learning_rate}
+             "scheduled": key.scheduled_learning_rate, "lr_scale": key.learning_rate_scale}
             for key, params in ordered]
 
 

@@ -211,7 +211,8 @@ class Trainer:
         augment_seconds = time.perf_counter() - started
         peak = self.schedules["learning_rate"].start
         for group in self.optimizer.param_groups:
-            group["lr"] = info.values["learning_rate"] if group["scheduled"] else peak
+            group["lr"] = ((info.values["learning_rate"] if group["scheduled"] else peak)
+                           * group.get("lr_scale", 1.0))
             if group["decayed"]:
                 group["weight_decay"] = info.values["weight_decay"]
         losses = self.model(inputs, info)

@@ -19,8 +19,9 @@ x_ulb_w, x_ulb_s)``). This base holds:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,7 @@ from fewlabels.augment.convert import normalize, to_float
 from fewlabels.augment.geometric import translate_and_flip
 from fewlabels.engine.recipe import TrainingRecipe
 from fewlabels.errors import UserError
-from fewlabels.methods.base import DataInfo, Method, StepInfo
+from fewlabels.methods.base import DataInfo, Method, ParameterOptions, StepInfo
 from fewlabels.models.momentum import copy_as_teacher, ema_update_
 from fewlabels.options import option
 
@@ -46,6 +47,14 @@ class ClassifierConfig:
         0.125, "weak augmentation: largest translation, as a fraction of the image side "
         "(FixMatch: 0.125)")
     flip: bool = option(True, "weak augmentation: random horizontal flips")
+    backbone_lr_scale: float = option(
+        1.0, "the backbone's learning rate as a fraction of the classifier's: below 1 a "
+        "pretrained backbone changes slowly (protects what it learned); 0 freezes it, batch "
+        "norm included (a linear classifier trained by SGD)")
+    head_init: Literal["random", "probe"] = option(
+        "random", "the classifier's start: random, or probe (fitted to the labeled images' "
+        "features by L-BFGS before training: linear probing then fine-tuning, Kumar et al. "
+        "2022; for --init runs)")
 
 
 @dataclass
@@ -94,6 +103,11 @@ class ClassifierMethod(Method):
             raise UserError(f"--ema-decay must be in [0, 1), got {config.ema_decay}")
         if not 0 <= config.max_shift < 0.5:
             raise UserError(f"--max-shift must be in [0, 0.5), got {config.max_shift}")
+        if config.backbone_lr_scale < 0:
+            raise UserError(f"--backbone-lr-scale must be at least 0, got "
+                            f"{config.backbone_lr_scale}")
+        if config.head_init not in ("random", "probe"):
+            raise UserError(f"--head-init must be random or probe, got {config.head_init!r}")
         self.classifier = nn.Linear(int(backbone.feature_dim), data.num_classes)
         self.average = copy_as_teacher(ClassifierNetwork(backbone, self.classifier))
 
@@ -134,6 +148,50 @@ class ClassifierMethod(Method):
     def reset_average_(self) -> None:
         """The moving average := the trained weights."""
         ema_update_(self.average, ClassifierNetwork(self.backbone, self.classifier), 0.0)
+
+    def parameter_options(self, name: str, parameter: nn.Parameter) -> ParameterOptions:
+        """The base class's exemptions, and the backbone at ``backbone_lr_scale`` times the
+        learning rate."""
+        options = super().parameter_options(name, parameter)
+        if name.startswith("backbone.") and self.config.backbone_lr_scale != 1.0:
+            return dataclasses.replace(options,
+                                       learning_rate_scale=self.config.backbone_lr_scale)
+        return options
+
+    def eval_mode_modules(self) -> list[nn.Module]:
+        """A frozen backbone (``backbone_lr_scale`` 0) keeps its batch-norm statistics."""
+        return [self.backbone] if self.config.backbone_lr_scale == 0 else []
+
+    @torch.no_grad()
+    def fit_head_(self, images: torch.Tensor, labels: torch.Tensor, *,
+                  weight_decay: float = 1e-3, iterations: int = 100) -> float:
+        """Fit the classifier to the backbone's features of uint8 ``images`` (eval mode, no
+        augmentation) by full-batch L-BFGS on cross-entropy + ``weight_decay``·‖W‖²/2, then
+        restart the moving average from the result (``--head-init probe``). Deterministic,
+        so every device fits the same head. Returns the fit's training accuracy."""
+        was_training = self.training
+        self.backbone.eval()
+        features = torch.cat([self.backbone(self.normalized(images[start:start + 512]))
+                              for start in range(0, len(images), 512)])
+        self.train(was_training)
+        weight = torch.zeros_like(self.classifier.weight, requires_grad=True)
+        bias = torch.zeros_like(self.classifier.bias, requires_grad=True)
+        optimizer = torch.optim.LBFGS([weight, bias], max_iter=iterations,
+                                      line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            with torch.enable_grad():
+                loss = (F.cross_entropy(features @ weight.T + bias, labels)
+                        + weight_decay / 2 * weight.square().sum())
+                loss.backward()
+            return loss
+
+        optimizer.step(closure)
+        self.classifier.weight.copy_(weight.detach())
+        self.classifier.bias.copy_(bias.detach())
+        self.reset_average_()
+        return ((features @ weight.T + bias).argmax(1) == labels).float().mean().item()
 
     def after_optimizer_step(self, step: StepInfo) -> None:
         ema_update_(self.average, ClassifierNetwork(self.backbone, self.classifier),
