@@ -73,12 +73,20 @@ def add_parser(subparsers: Any, argv: list[str]) -> None:  # noqa: ARG001
 
 @dataclass
 class PartPredictions:
-    """One part's images, ids, probabilities ``[N, classes]`` and label names (or ``None``)."""
+    """One part's image ids, the ``K`` most probable classes of every image with their
+    probabilities (``[N, K]`` each, most probable first) and label names (or ``None``)."""
 
     part: str
     ids: list[str]
     probabilities: torch.Tensor
+    classes: torch.Tensor
     labels: list[str] | None
+
+    @classmethod
+    def ranked(cls, part: str, ids: list[str], probabilities: torch.Tensor, top: int,
+               labels: list[str] | None) -> PartPredictions:
+        values, classes = probabilities.topk(top, dim=1)
+        return cls(part, ids, values, classes, labels)
 
 
 def load_classifier(run_dir: str | Path) -> tuple[ClassifierMethod, dict[str, Any]]:
@@ -127,8 +135,9 @@ def label_names(images: ImageSet) -> list[str] | None:
             for label in images.labels.tolist()]
 
 
-def csv_text(predictions: list[PartPredictions], class_names: list[str], top: int) -> str:
+def csv_text(predictions: list[PartPredictions], class_names: list[str]) -> str:
     """The CSV file: a header line, then one row per image."""
+    top = predictions[0].classes.shape[1]
     labeled = any(part.labels is not None for part in predictions)
     header = ["id", "part", "prediction", "confidence"]
     for rank in range(2, top + 1):
@@ -138,10 +147,10 @@ def csv_text(predictions: list[PartPredictions], class_names: list[str], top: in
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     for part in predictions:
-        values, classes = part.probabilities.topk(top, dim=1)
         for row, image_id in enumerate(part.ids):
             cells = [image_id, part.part]
-            for value, index in zip(values[row].tolist(), classes[row].tolist(), strict=True):
+            for value, index in zip(part.probabilities[row].tolist(),
+                                    part.classes[row].tolist(), strict=True):
                 cells += [class_names[index], f"{value:.{CONFIDENCE_DIGITS}f}"]
             if labeled:
                 cells.append("" if part.labels is None else part.labels[row])
@@ -162,15 +171,15 @@ def run(args: Any) -> dict[str, Any]:
                              args.on_corrupt)
     network, device = method.classifier_network(), evaluation_device(args.accelerator)
     predictions = [
-        PartPredictions(name, image_ids(name, images),
-                        predict_probabilities(network, images.images, method.data.mean,
-                                              method.data.std, batch_size=args.batch_size,
-                                              device=device),
-                        label_names(images))
+        PartPredictions.ranked(
+            name, image_ids(name, images),
+            predict_probabilities(network, images.images, method.data.mean, method.data.std,
+                                  batch_size=args.batch_size, device=device),
+            args.top, label_names(images))
         for name, images in parts.items()
     ]
     out = Path(args.out)
-    atomic_write_text(out, csv_text(predictions, class_names, args.top))
+    atomic_write_text(out, csv_text(predictions, class_names))
     summary = _summary(predictions, class_names, spec)
     print(_summary_line(summary, describe(checkpoint), spec, out))
     return summary
@@ -180,13 +189,13 @@ def _summary(predictions: list[PartPredictions], class_names: list[str], spec: s
              ) -> dict[str, Any]:
     """Images predicted (per part), the accuracy over the images with labels (``None``
     without any) and the mean confidence."""
-    confidences = torch.cat([part.probabilities.max(dim=1).values for part in predictions])
+    confidences = torch.cat([part.probabilities[:, 0] for part in predictions])
     right = labeled = 0
     unknown: set[str] = set()
     for part in predictions:
         if part.labels is None:
             continue
-        predicted = part.probabilities.argmax(dim=1).tolist()
+        predicted = part.classes[:, 0].tolist()
         right += sum(class_names[index] == label
                      for index, label in zip(predicted, part.labels, strict=True))
         labeled += len(part.labels)
