@@ -404,6 +404,8 @@ def clip_per_tensor_(parameters: Any, max_norm: float) -> None:
 def _to_channels_last(inputs: Any) -> Any:
     if isinstance(inputs, torch.Tensor) and inputs.ndim == 4:
         return inputs.contiguous(memory_format=torch.channels_last)
+    if isinstance(inputs, tuple) and hasattr(inputs, "_fields"):  # a NamedTuple of views
+        return type(inputs)(*(_to_channels_last(x) for x in inputs))
     if isinstance(inputs, list | tuple):
         return type(inputs)(_to_channels_last(x) for x in inputs)
     return inputs
