@@ -16,8 +16,8 @@ of :math:`p \log p`).
 How it differs from the paper, and why: the paper fits :math:`\lambda` by cross-validation on
 small problems (logistic regression, a few features); there is no value for deep networks.
 The default :math:`\lambda = 0.1` (``--unlabeled-weight``) is of the order of the entropy
-multipliers Oliver et al. (NeurIPS 2018) and Miyato et al. (VAT+EntMin) use with deep
-networks, and it stays constant, as in the paper. The views are weakly augmented (translation
+weight USB gives VAT+EntMin (``ent_loss_ratio`` 0.06); not tuned here yet. It stays constant,
+as in the paper. The views are weakly augmented (translation
 and flip) and the optimiser is FixMatch's, as for every classifier method here. The logged
 pseudo-label rate is 1 (no threshold: every unlabeled prediction is pushed), and its accuracy
 that of the arg-max on the unlabeled images.

@@ -29,8 +29,9 @@ How it differs from the paper, and why:
   deviation 0.15 (``--input-noise``, the paper's ConvNet input noise); no dropout in our
   backbones.
 - :math:`w_{\max} = 50` (``--unlabeled-weight``) and :math:`T = 0.4` (``--rampup-fraction``)
-  as in USB's Mean Teacher, whose batches are ours (a labeled batch and a separate unlabeled
-  one); the paper's CIFAR-10 ConvNet ramps up to 100 over 80 epochs. FixMatch's optimiser,
+  as in USB's Mean Teacher (``ulb_loss_ratio: 50``, ``unsup_warm_up: 0.4``), whose batches
+  are ours (a labeled batch and a separate unlabeled one); the paper tunes its maximum per
+  experiment and ramps up over the first epochs. Not tuned here yet. FixMatch's optimiser,
   as for every classifier method here.
 - The logged pseudo-label rate is 1 (every unlabeled image is used), its accuracy that of the
   teacher's arg-max.

@@ -22,11 +22,11 @@ How it differs from the paper, and why:
   Gaussian noise of standard deviation 0.15 on the normalised image (``--input-noise``, the
   paper's); our backbones have no dropout, the paper's third source of noise.
 - :math:`w_{\max} = 10` (``--unlabeled-weight``) and :math:`T = 0.4` (``--rampup-fraction``)
-  as in USB's Pi-model and close to Oliver et al. (NeurIPS 2018: 20, 40%), whose batches are
-  ours: a labeled batch and a separate unlabeled batch, each averaged on its own. The paper's
-  100 times the labeled fraction :math:`M/N` belongs to its mixed batches; its ramp is 80 of
-  300 epochs (0.27). At :math:`t = 0` the weight is :math:`w_{\max} e^{-5}`, as the formula
-  gives.
+  as in USB's Pi-model (``ulb_loss_ratio: 10``, ``unsup_warm_up: 0.4``; its ramp is linear),
+  whose batches are ours: a labeled batch and a separate unlabeled batch, each averaged on
+  its own. The paper's maximum (100, scaled by the labeled fraction in its code) belongs to
+  its mixed batches; its ramp is 80 of 300 epochs (0.27). At :math:`t = 0` the weight is
+  :math:`w_{\max} e^{-5}`, as the formula gives. Not tuned here yet.
 - FixMatch's optimiser (SGD with Nesterov momentum, cos(7πt/16) decay) instead of the
   paper's Adam, as for every classifier method here. Labeled and unlabeled views go through
   one forward pass, so batch norm sees them together.

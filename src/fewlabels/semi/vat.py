@@ -28,9 +28,10 @@ network (``self.logits``) and its batch-norm layers, never through DDP's forward
 Choices, and how they differ from the paper:
 
 - :math:`\epsilon = 2` (``--epsilon``), in units of the normalised image the network sees,
-  for 28 px grey images. The paper tunes :math:`\epsilon` per dataset on a validation set;
-  2.0 is its MNIST value as cleverhans' VAT (``vatm``, ``eps=2.0``) carries it; its SVHN and
-  CIFAR-10 values (3.5-8 on ZCA-whitened inputs) are for 32 px colour images. Not tuned here.
+  for 28 px grey images. The paper tunes :math:`\epsilon` per dataset on a validation set.
+  2.0 is the default of cleverhans' VAT perturbation (``vatm``), which cites the MNIST
+  experiments of Miyato et al.; the official TensorFlow code's default 8.0 and USB's 6 are for
+  32 px colour images (SVHN, CIFAR-10, with ZCA whitening in the paper). Not tuned here yet.
 - :math:`\xi = 10^{-6}`, one power iteration and :math:`\alpha = 1` (``--xi``,
   ``--power-iterations``, ``--unlabeled-weight``): the paper's.
 - Weakly augmented views (translation, flip), as the paper's CIFAR-10 runs with augmentation;
@@ -61,7 +62,7 @@ class VATConfig(SemiSupervisedConfig):
         1.0, "alpha: weight of the virtual adversarial loss (Miyato et al.: 1)")
     epsilon: float = option(
         2.0, "norm of the adversarial perturbation of each image, in normalised pixel units "
-        "(Miyato et al. tune it per dataset; 2.0 for 28 px MNIST)")
+        "(Miyato et al. tune it per dataset; 2.0: cleverhans' default for MNIST-like data)")
     xi: float = option(1e-6, "finite-difference step of the power iteration (Miyato et al.)")
     power_iterations: int = option(1, "power iterations for the adversarial direction")
     entropy_weight: float = option(
