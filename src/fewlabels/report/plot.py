@@ -11,8 +11,8 @@ from matplotlib.figure import Figure
 from fewlabels.atomic import atomic_output
 from fewlabels.evaluate.table import Results
 
-_LINE_STYLES = {"knn": ":", "linear": "-", "supervised": "--"}
-_MARKERS = {"knn": "s", "linear": "o", "supervised": "^"}
+_LINE_STYLES = {"knn": ":", "linear": "-", "finetune": "-.", "supervised": "--"}
+_MARKERS = {"knn": "s", "linear": "o", "finetune": "D", "supervised": "^"}
 
 
 def _x_positions(results: Results) -> dict[int | None, float]:
