@@ -3,6 +3,7 @@ how well its clusters agree with the classes."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,10 @@ from fewlabels.evaluate import (
     supervised_baseline,
 )
 from fewlabels.evaluate.clusters import DEFAULT_RESTARTS, HeadClusters, evaluate_clusters
+from fewlabels.evaluate.finetune import FINETUNE_RECIPE_NOTE, finetune_protocol
 from fewlabels.report.plot import plot_label_efficiency
 from fewlabels.runs import describe, load_method, load_pretrained, make_backbone
+from fewlabels.semi.classifier_run import backbone_state
 
 
 def add_parser(subparsers: Any, argv: list[str]) -> None:  # noqa: ARG001
@@ -41,8 +44,10 @@ def add_parser(subparsers: Any, argv: list[str]) -> None:  # noqa: ARG001
         "evaluate", help="label-efficiency and clustering evaluation of a pretrained backbone",
         description="kNN and linear probes on frozen features at budgets of labels per "
                     "class, averaged over split seeds, next to raw-pixel, random-init and "
-                    "supervised-from-scratch baselines. A budget counts every label the "
-                    "protocol uses. The clusters protocol scores k-means on the features "
+                    "supervised-from-scratch baselines; with --protocol finetune also the "
+                    "backbone fine-tuned with a new linear classifier on the same labels. A "
+                    "budget counts every label the protocol uses. The clusters protocol "
+                    "scores k-means on the features "
                     "(k = classes) and the method's own cluster heads with NMI, ARI and "
                     "Hungarian-matched accuracy on the test part.")
     parser.add_argument("--checkpoint", required=True,
@@ -62,12 +67,15 @@ def add_parser(subparsers: Any, argv: list[str]) -> None:  # noqa: ARG001
 
 def add_evaluation_options(parser: Any) -> None:
     group = parser.add_argument_group("protocol")
-    group.add_argument("--protocol", type=names(["knn", "linear", "clusters"]),
+    group.add_argument("--protocol", type=names(["knn", "linear", "finetune", "clusters"]),
                        default=["knn", "linear"],
-                       help="comma-separated protocols: knn, linear, clusters (NMI, ARI and "
-                            "Hungarian-matched accuracy of k-means with k = classes on "
-                            "L2-normalised features, and of the method's own clusters) "
-                            "(default knn,linear)")
+                       help="comma-separated protocols: knn, linear, finetune (the run's "
+                            "backbone and a new linear classifier, all weights trained on "
+                            "the budget's labels with the supervised classifier method, "
+                            f"{FINETUNE_RECIPE_NOTE}; the moving average of the weights is "
+                            "tested), clusters (NMI, ARI and Hungarian-matched accuracy of "
+                            "k-means with k = classes on L2-normalised features, and of the "
+                            "method's own clusters) (default knn,linear)")
     group.add_argument("--labels-per-class", type=budgets, default=[1, 10, 100, None],
                        help="comma-separated budgets of labels per class, 'all' for every "
                             "label (default 1,10,100,all)")
@@ -83,6 +91,10 @@ def add_evaluation_options(parser: Any) -> None:
                        help="comma-separated baselines: raw (pixels), random (initialisation), "
                             "supervised (from scratch on the same labels; knn and linear "
                             "only), or none (default raw,random,supervised)")
+    group.add_argument("--finetune-steps", type=positive_int, default=None,
+                       help="training steps of the finetune protocol and of the supervised "
+                            "baseline, rounded to whole passes over the labeled images "
+                            "(default: 30 passes, clamped to [200, 2000] steps)")
     group.add_argument("--knn-k", type=positive_int, default=200,
                        help="neighbours of the kNN classifier (default 200)")
     group.add_argument("--knn-temperature", type=positive_float, default=0.1,
@@ -109,10 +121,13 @@ def evaluation_device(accelerator: str) -> torch.device:
 def run(args: Any) -> Results:
     protocols = list(dict.fromkeys(args.protocol))
     label_protocols = [p for p in protocols if p != "clusters"]
+    feature_protocols = [p for p in label_protocols if p != "finetune"]
     if not protocols:
-        raise UserError("--protocol names no protocol; give knn, linear and/or clusters")
+        raise UserError("--protocol names no protocol; give knn, linear, finetune and/or "
+                        "clusters")
     if args.plot and not label_protocols:
-        raise UserError("--plot draws label-efficiency curves; add knn or linear to --protocol")
+        raise UserError("--plot draws label-efficiency curves; add knn or linear (or "
+                        "finetune) to --protocol")
     pretrained = load_pretrained(args.checkpoint, getattr(args, "representation", None))
     checkpoint, info = pretrained.checkpoint, pretrained.data
     run_dir = Path(args.checkpoint)
@@ -149,18 +164,30 @@ def run(args: Any) -> Results:
             representations[name] = (provider(train, "train"), provider(test, "test"))
     results = Results(settings={})
     if label_protocols:
-        supervised = None
+        steps = getattr(args, "finetune_steps", None)
+        supervised = finetune = None
         if "supervised" in args.baselines:
             supervised = supervised_baseline(fresh_backbone, mean=info.mean, std=info.std,
                                              num_classes=train.num_classes or None,
-                                             device=device)
+                                             steps=steps, device=device)
+        if "finetune" in label_protocols:
+            finetune = finetune_protocol(
+                backbone_state(pretrained.network), checkpoint["run"]["backbone"],
+                dataclasses.replace(info, num_classes=train.num_classes), steps=steps,
+                device=device)
         results = evaluate_label_efficiency(
-            representations, train, test, protocols=label_protocols,
+            representations, train, test, protocols=feature_protocols,
             labels_per_class=args.labels_per_class, seeds=seeds,
             validation_per_class=getattr(args, "validation_per_class", 0),
             knn_k=args.knn_k, knn_temperature=args.knn_temperature,
-            supervised=supervised, supervised_name="supervised from scratch", log=_say,
+            supervised=supervised, supervised_name="supervised from scratch",
+            finetune=finetune, finetune_name=method, log=_say,
         )
+        if finetune is not None:
+            results.settings["finetune_training"] = (
+                f"backbone + new linear classifier, {FINETUNE_RECIPE_NOTE}, "
+                + (f"{steps} steps" if steps else "30 passes over the labels in [200, 2000] "
+                   "steps") + ", moving average of the weights tested")
     if "clusters" in protocols:
         heads = _cluster_heads(args.checkpoint, method, info, cache, cache_key, device)
         results.clusters = evaluate_clusters(

@@ -8,6 +8,11 @@ labeled set, by stratified cross-validation seeded by the split seed (a fixed de
 class has a single label), and prepares features with statistics that need no labels
 (:class:`FeaturePreprocessing`, fitted on the whole train part).
 
+Two rows train networks instead of reading frozen features, on the same labeled images of
+every split: fine-tuning (``finetune``: the representation's backbone and a new linear
+classifier, all weights trained; :mod:`fewlabels.evaluate.finetune`) and the supervised
+baseline from scratch (``supervised``); both on the engine's one training loop.
+
 An extra validation part for the probe stays available as an explicit option
 (``validation_per_class > 0``): its labels are then counted in the budget, and every cell and
 the settings record the labels a protocol actually used. The "all labels" budget is a single
@@ -104,6 +109,8 @@ def evaluate_label_efficiency(
     probe_preprocessing: str = DEFAULT_PREPROCESSING,
     supervised: SupervisedTrainer | None = None,
     supervised_name: str = "scratch",
+    finetune: SupervisedTrainer | None = None,
+    finetune_name: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Results:
     """Run ``protocols`` ("knn", "linear") on every representation at every budget and seed.
@@ -117,8 +124,12 @@ def evaluate_label_efficiency(
     on, which the probe's cells then count as labels used. ``probe_preprocessing`` names the
     probe's :class:`FeaturePreprocessing`. ``supervised(labeled, seed)``, when given, trains a
     model from scratch on the labeled images of each split; it becomes the row
-    (``supervised_name``, "supervised"). A budget larger than a class allows raises
-    :class:`UserError` (from :func:`make_split`) before any work is done.
+    (``supervised_name``, "supervised"). ``finetune(labeled, seed)``, when given, fine-tunes
+    the representation ``finetune_name`` (default: the first) on the same labeled images: the
+    row (``finetune_name``, "finetune"), after that representation's other rows. Both
+    trained rows read the labeled images of the split only. With no feature protocol
+    (``protocols`` empty), no features are extracted. A budget larger than a class allows
+    raises :class:`UserError` (from :func:`make_split`) before any work is done.
     """
     _check(train, test, protocols, seeds)
     if probe_preprocessing not in PREPROCESSINGS:
@@ -134,16 +145,24 @@ def evaluate_label_efficiency(
             splits[budget, seed] = make_split(train.labels, budget, seed, validation_per_class)
 
     features, preprocessing = {}, {}
-    for name, representation in representations.items():
+    for name, representation in (representations if protocols else {}).items():
         say(f"features: {name}")
         features[name] = _features(name, representation, train, test)
         # Statistics of every train-part feature: no labels involved.
         preprocessing[name] = FeaturePreprocessing.fit(features[name][0], probe_preprocessing)
 
-    cells: dict[tuple[str, str, int | None], Cell] = {}
-    row_keys = [(name, protocol) for name in features for protocol in protocols]
+    trained: dict[tuple[str, str], SupervisedTrainer] = {}
+    if finetune is not None:
+        finetune_name = finetune_name or next(iter(representations), "fine-tuned")
+        trained[finetune_name, "finetune"] = finetune
     if supervised is not None:
-        row_keys.append((supervised_name, "supervised"))
+        trained[supervised_name, "supervised"] = supervised
+    cells: dict[tuple[str, str, int | None], Cell] = {}
+    row_keys = []
+    for name in representations:
+        row_keys += [(name, protocol) for protocol in protocols]
+        row_keys += [key for key in trained if key == (name, "finetune")]
+    row_keys += [key for key in trained if key not in row_keys]
     for budget in budgets:
         for name, protocol in row_keys:
             cells[name, protocol, budget] = Cell(name, protocol, budget)
@@ -158,10 +177,11 @@ def evaluate_label_efficiency(
             "knn": _count(labeled_y, num_classes),
             "linear": _count(torch.cat([labeled_y, validation_y]), num_classes),
             "supervised": _count(labeled_y, num_classes),
+            "finetune": _count(labeled_y, num_classes),
         }
         labels_used[budget_label(budget)] = {
             protocol: {"per_class": used[protocol][0], "total": used[protocol][1]}
-            for protocol in [*protocols, *(["supervised"] if supervised is not None else [])]
+            for protocol in [*protocols, *(protocol for _, protocol in trained)]
         }
         for name, (train_features, test_features) in features.items():
             labeled_x = train_features[split.labeled]
@@ -176,20 +196,20 @@ def evaluate_label_efficiency(
                 )
                 _record(cells[name, protocol, budget], seed, value, detail, used[protocol])
                 say(f"{budget_label(budget)} seed {seed} {name} {protocol}: {100 * value:.2f}")
-        if supervised is not None:
-            model = supervised(train.subset(split.labeled), seed)
+        for (name, protocol), trainer in trained.items():
+            model = trainer(train.subset(split.labeled), seed)
             predictions = model.predict(test.images).cpu()
             value = (predictions == test.labels).float().mean().item()
             detail = dict(getattr(model, "settings", {}))
-            _record(cells[supervised_name, "supervised", budget], seed, value, detail,
-                    used["supervised"])
-            say(f"{budget_label(budget)} seed {seed} {supervised_name}: {100 * value:.2f}")
+            _record(cells[name, protocol, budget], seed, value, detail, used[protocol])
+            say(f"{budget_label(budget)} seed {seed} {name} {protocol}: {100 * value:.2f}")
 
     all_split = splits.get((None, seeds[0]))
     settings: dict[str, Any] = {
         "train": train.name, "test": test.name,
         "train_images": len(train), "test_images": len(test), "num_classes": num_classes,
-        "protocols": list(protocols), "labels_per_class": budgets, "seeds": list(seeds),
+        "protocols": [*protocols, *(["finetune"] if finetune is not None else [])],
+        "labels_per_class": budgets, "seeds": list(seeds),
         "all_budget_seed": seeds[0], "validation_per_class": validation_per_class,
         "labels_used": labels_used,
         "knn_k": knn_k, "knn_temperature": knn_temperature,
@@ -204,6 +224,7 @@ def evaluate_label_efficiency(
         "probe_preprocessing": FeaturePreprocessing(probe_preprocessing).describe(),
         "representations": list(features),
         "supervised": supervised_name if supervised is not None else None,
+        "finetune": finetune_name if finetune is not None else None,
     }
     if all_split is not None:
         settings["all_labels_per_class"] = len(all_split.labeled) / num_classes
