@@ -253,6 +253,11 @@ def _new_run_spec(args: Any, seed: int) -> tuple[dict[str, Any], Any, Any, str]:
         "representation": "backbone",
     }
     run_spec["method_config"] = method_config(args.method, run_spec["method_config"])
+    max_unlabeled = run_spec["split"]["max_unlabeled"]
+    if max_unlabeled is not None:  # methods size per-image state by the unlabeled pool
+        labeled = len(run_spec["split"]["labeled_indices"])
+        run_spec["data"]["info"]["num_images"] = min(len(train_part),
+                                                     max(labeled, max_unlabeled))
     return run_spec, train_part, test_part, note
 
 
