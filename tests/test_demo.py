@@ -22,6 +22,8 @@ def test_demo_pretrains_then_evaluates_and_reuses_a_finished_run(tmp_path, monke
     assert pretrain.method == "simclr" and pretrain.budget_minutes == 2.0
     assert pretrain.data == "fashion-mnist-sample"
     assert evaluate.labels_per_class == [1, 10, 100, None]
+    assert evaluate.protocol == ["knn", "linear", "finetune"]
+    assert evaluate.finetune_steps == demo.DEMO_FINETUNE_STEPS
     assert evaluate.baselines == ["raw", "random", "supervised"]
     assert evaluate.plot.endswith("label_efficiency.png")
 
