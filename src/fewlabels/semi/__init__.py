@@ -3,10 +3,12 @@ training and fine-tuning, and the semi-supervised methods, all on the engine's t
 with a labeled and an unlabeled stream (:mod:`fewlabels.engine.streams`)."""
 
 from fewlabels.semi import (
+    co_training,  # noqa: F401
     entropy_minimization,  # noqa: F401
     mean_teacher,  # noqa: F401
     pi_model,  # noqa: F401
     pseudo_label,  # noqa: F401
+    self_training,  # noqa: F401
     supervised,  # noqa: F401
     vat,  # noqa: F401
 )
