@@ -237,6 +237,24 @@ def test_co_training_evaluates_the_mean_probability_of_its_two_averaged_networks
                for name, value in method.backbone.state_dict().items())
 
 
+def test_a_probe_head_start_fits_both_classifiers_each_to_its_own_backbone():
+    torch.manual_seed(9)
+    method = _method("co-training")
+    images = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    first_backbone = method.backbone
+    method.fit_head_(images, labels, iterations=5)
+    assert method.backbone is first_backbone  # the networks are back in their places
+    alone = _method("supervised")
+    alone.backbone.load_state_dict(method.second_backbone.state_dict())
+    alone.fit_head_(images, labels, iterations=5)
+    assert torch.allclose(method.second_classifier.weight, alone.classifier.weight, atol=1e-6)
+    assert not torch.allclose(method.classifier.weight, alone.classifier.weight)
+    for average, trained in zip(method.second_average.parameters(),
+                                method.second_network().parameters(), strict=True):
+        assert torch.equal(average, trained)
+
+
 def test_shuffling_keeps_each_tensors_entries():
     layer = nn.Linear(5, 4)
     before = layer.weight.detach().clone()

@@ -175,6 +175,22 @@ class CoTraining(ClassifierMethod):
         self.second_backbone.load_state_dict(state)
         super().load_backbone_(state)
 
+    def fit_head_(self, images: torch.Tensor, labels: torch.Tensor, **options: float) -> float:
+        """``--head-init probe``: each classifier fitted to its own backbone's features (the
+        base's fit, run once per network); returns the first fit's training accuracy."""
+        accuracy = super().fit_head_(images, labels, **options)
+        self._swap_networks()
+        try:
+            super().fit_head_(images, labels, **options)
+        finally:
+            self._swap_networks()
+        self.reset_average_()
+        return accuracy
+
+    def _swap_networks(self) -> None:
+        self.backbone, self.second_backbone = self.second_backbone, self.backbone
+        self.classifier, self.second_classifier = self.second_classifier, self.classifier
+
     @torch.no_grad()
     def reset_average_(self) -> None:
         super().reset_average_()
