@@ -239,16 +239,21 @@ def _new_run_spec(args: Any, seed: int) -> tuple[dict[str, Any], Any, Any, str]:
     labels_per_class = (args.labels_per_class or [None])[0]
     if args.labels_per_class and len(args.labels_per_class) > 1:
         raise UserError("--labels-per-class takes one number here (or 'all')")
+    split = split_spec(train_part.labels, labels_per_class, seed) | {
+        "max_unlabeled": getattr(args, "max_unlabeled", None)}
+    # Per-image state (FlexMatch's predictions) is indexed like Batch.indices: by the
+    # unlabeled pool, which --max-unlabeled makes smaller than the train part.
+    pool, _ = streams(train_part, split, 0, split["max_unlabeled"])
     run_spec = {
         "kind": "classifier",
         "method": args.method,
         "method_config": given_config_values(args, METHOD),
         "backbone": backbone,
         "data": {"spec": spec, "image_size": image_size, "on_corrupt": args.on_corrupt,
-                 "info": info.__dict__ | {"mean": list(info.mean), "std": list(info.std)}},
+                 "info": info.__dict__ | {"mean": list(info.mean), "std": list(info.std),
+                                          "num_images": len(pool)}},
         "class_names": list(train_part.class_names),
-        "split": split_spec(train_part.labels, labels_per_class, seed)
-        | {"max_unlabeled": getattr(args, "max_unlabeled", None)},
+        "split": split,
         "init": None if init is None else str(args.init),
         "representation": "backbone",
     }
