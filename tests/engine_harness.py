@@ -6,6 +6,12 @@ The only difference from a real run: every device augments the whole global batc
 generator of (seed, step) and keeps its own slice of the views, so that the views themselves
 agree between one process and many (a real run draws each device's views from its own
 generator, which is equally valid but not comparable number for number).
+
+Classifier methods (``labeled=L``): the first L images, with labels ``index % classes``, are
+the labeled stream, all 64 the unlabeled one (their labels are its hidden labels). A view
+tensor belongs to the unlabeled stream when its length is a multiple of the global unlabeled
+batch, else to the labeled stream (so a labeled tensor holds one view per image unless both
+batches are equal).
 """
 
 from __future__ import annotations
@@ -20,9 +26,9 @@ import torch
 import torch.multiprocessing as mp
 
 from fewlabels.engine.sampling import step_seed
+from fewlabels.engine.streams import LabeledStream
 from fewlabels.engine.trainer import TrainConfig, Trainer
-from fewlabels.methods import METHODS
-from fewlabels.runs import backbone_spec, build_method, data_info, method_config
+from fewlabels.runs import backbone_spec, build_method, data_info, method_class, method_config
 
 NUM_IMAGES = 64
 
@@ -35,14 +41,20 @@ def _images(channels: int = 1) -> torch.Tensor:
     return (images * 255).to(torch.uint8)
 
 
-def _slice_views(inputs: Any, global_batch: int, rank: int, world: int) -> Any:
-    """This rank's part of view-major inputs made for the whole global batch."""
+def _slice_views(inputs: Any, global_batch: int | tuple[int, ...], rank: int,
+                 world: int) -> Any:
+    """This rank's part of view-major inputs made for the whole global batch (or batches, one
+    per stream: a tensor is sliced by the first whose size divides its length)."""
     if isinstance(inputs, torch.Tensor):
+        sizes = global_batch if isinstance(global_batch, tuple) else (global_batch,)
+        global_batch = next((size for size in sizes if inputs.shape[0] % size == 0), sizes[0])
         views = inputs.shape[0] // global_batch
         local = global_batch // world
         shaped = inputs.reshape(views, global_batch, *inputs.shape[1:])
         part = shaped[:, rank * local:(rank + 1) * local]
         return part.reshape(views * local, *inputs.shape[1:]).contiguous()
+    if isinstance(inputs, tuple) and hasattr(inputs, "_fields"):  # a NamedTuple of views
+        return type(inputs)(*(_slice_views(x, global_batch, rank, world) for x in inputs))
     if isinstance(inputs, list | tuple):
         return type(inputs)(_slice_views(x, global_batch, rank, world) for x in inputs)
     if inputs is None:
@@ -60,7 +72,9 @@ class _SameViewsTrainer(Trainer):
         batch, count = self.streams.batch(self.step, 0, 1)
         self.generator.manual_seed(step_seed(self.config.seed, self.step, 0))
         inputs = self.method.make_views(batch, self.generator)
-        return _slice_views(inputs, count, self.rank, self.world), count // self.world
+        sizes = count if batch.labeled is None else tuple(
+            len(images) for images in (batch.unlabeled, batch.labeled) if images is not None)
+        return _slice_views(inputs, sizes, self.rank, self.world), count // self.world
 
     def _training_step(self):  # noqa: ANN202
         result = super()._training_step()
@@ -70,9 +84,12 @@ class _SameViewsTrainer(Trainer):
 
 def train_steps(method: str, options: dict[str, Any], backbone: dict[str, Any], steps: int,
                 batch_size: int, out: Path, world: int = 1, rank: int = 0,
-                recipe: dict[str, Any] | None = None, channels: int = 1) -> dict[str, Any]:
+                recipe: dict[str, Any] | None = None, channels: int = 1,
+                labeled: int = 0, classes: int = 3) -> dict[str, Any]:
     """Train ``steps`` steps on this process (one of ``world``) on ``channels``-channel
-    images; returns the losses, the final state dict and the method's resolved config."""
+    images; a classifier method with ``labeled`` > 0 labeled images of ``classes`` classes
+    beside them. Returns the losses, the final state dict and the method's resolved
+    config."""
     from lightning_fabric import Fabric
     from lightning_fabric.strategies import DDPStrategy
 
@@ -80,7 +97,8 @@ def train_steps(method: str, options: dict[str, Any], backbone: dict[str, Any], 
     images = _images(channels)
     from fewlabels.data.imageset import ImageSet
 
-    info = data_info(ImageSet(images, None, [], "harness"))
+    labels = torch.arange(NUM_IMAGES) % classes
+    info = data_info(ImageSet(images, None, [], "harness"), classes if labeled else 0)
     spec = {"method": method, "method_config": method_config(method, options),
             "backbone": backbone_spec(backbone.pop("name"), backbone.pop("width", None),
                                       backbone.pop("depth", None), **backbone),
@@ -94,12 +112,14 @@ def train_steps(method: str, options: dict[str, Any], backbone: dict[str, Any], 
                         strategy=DDPStrategy(broadcast_buffers=False, process_group_backend="gloo"))
     torch.manual_seed(0)
     built = build_method(spec)
-    base = METHODS.get(method).recipe
+    base = method_class(method).recipe
     config = TrainConfig(run_dir=out, recipe=base.replace(batch_size=batch_size, epochs=100,
                                                           **(recipe or {})),
                          progress=False, tensorboard=False, checkpoint_minutes=1e9,
                          stop_after_steps=None)
-    trainer = _SameViewsTrainer(built, images, config, spec, fabric)
+    stream = None if not labeled else LabeledStream(
+        images[:labeled], labels[:labeled], built.unlabeled_ratio, hidden_labels=labels)
+    trainer = _SameViewsTrainer(built, images, config, spec, fabric, labeled=stream)
     trainer.losses = []
     trainer.total_steps = steps  # stop after ``steps``; the schedules keep the 100 epochs
     trainer.run()
@@ -133,12 +153,15 @@ def compare_one_and_two_processes(tmp_path: Path, method: str, options: dict[str
                                   backbone: dict[str, Any], steps: int = 3,
                                   batch_size: int = 16,
                                   recipe: dict[str, Any] | None = None,
-                                  atol: float = 1e-5, channels: int = 1) -> dict[str, Any]:
+                                  atol: float = 1e-5, channels: int = 1,
+                                  labeled: int = 0, classes: int = 3) -> dict[str, Any]:
     """Train one process and two on the same global batches of ``channels``-channel images
-    (3: colour); assert equal mean losses and equal final parameters and buffers. Returns the
-    single-process result."""
+    (3: colour), for a classifier method with a stream of ``labeled`` images of ``classes``
+    classes (0: a self-supervised method); assert equal mean losses and equal final
+    parameters and buffers. Returns the single-process result."""
     arguments = {"method": method, "options": options, "steps": steps,
-                 "batch_size": batch_size, "recipe": recipe, "channels": channels}
+                 "batch_size": batch_size, "recipe": recipe, "channels": channels,
+                 "labeled": labeled, "classes": classes}
     single = train_steps(**arguments, backbone=dict(backbone), out=tmp_path / "single")
     mp.spawn(_worker, args=(2, _free_port(), {**arguments, "backbone": dict(backbone)},
                             str(tmp_path)), nprocs=2, join=True)

@@ -5,11 +5,15 @@ with a labeled and an unlabeled stream (:mod:`fewlabels.engine.streams`)."""
 from fewlabels.semi import (
     co_training,  # noqa: F401
     entropy_minimization,  # noqa: F401
+    fixmatch,  # noqa: F401
+    flexmatch,  # noqa: F401
     mean_teacher,  # noqa: F401
+    mixmatch,  # noqa: F401
     pi_model,  # noqa: F401
     pseudo_label,  # noqa: F401
     self_training,  # noqa: F401
     supervised,  # noqa: F401
+    uda,  # noqa: F401
     vat,  # noqa: F401
 )
 from fewlabels.semi.base import (
