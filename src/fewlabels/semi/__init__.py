@@ -3,7 +3,9 @@ training and fine-tuning, and the semi-supervised methods, all on the engine's t
 with a labeled and an unlabeled stream (:mod:`fewlabels.engine.streams`)."""
 
 from fewlabels.semi import (
+    adaptive_teacher,  # noqa: F401
     co_training,  # noqa: F401
+    dann,  # noqa: F401
     entropy_minimization,  # noqa: F401
     fixmatch,  # noqa: F401
     flexmatch,  # noqa: F401
