@@ -16,6 +16,7 @@ COMMANDS = {
     "evaluate": "fewlabels.commands.evaluate",
     "semi": "fewlabels.commands.semi",
     "finetune": "fewlabels.commands.finetune",
+    "adapt": "fewlabels.commands.adapt",
     "predict": "fewlabels.commands.predict",
     "export": "fewlabels.commands.export",
     "embed": "fewlabels.commands.embed",
