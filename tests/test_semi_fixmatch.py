@@ -22,7 +22,7 @@ from fewlabels.semi.mixmatch import MixMatchViews
 from fewlabels.semi.uda import tsa_threshold
 
 LN = math.log
-METHODS = ["fixmatch", "uda", "flexmatch", "mixmatch"]
+METHODS = ["fixmatch", "uda", "flexmatch", "freematch", "mixmatch"]
 
 
 def _method(name: str, classes: int = 3, num_images: int = 8, **options):
@@ -186,6 +186,29 @@ def test_flexmatch_thresholds_follow_the_images_that_became_confident():
     assert losses["pseudo_label_rate"].item() == 0.75
     assert losses["threshold_max"].item() == pytest.approx(0.57)
     assert method.thresholds.predictions.tolist() == [0, 0, 0, 1, -1, -1, -1, -1]
+
+
+def test_freematch_updates_its_thresholds_then_masks_and_adds_the_fairness_loss():
+    method = _method("freematch", threshold_momentum=0.5)
+    weak = [[LN(3), 0, 0], [0, LN(2), 0]]  # probabilities [.6, .2, .2] and [.25, .5, .25]
+    _fixed_logits(method, [[0.0, 0.0, 0.0]] + weak + [[0, LN(2), 0]] * 2)
+    losses = method.training_loss(_weak_strong([0], 2), _step())
+    # tau = 1/2 * 1/3 + 1/2 * mean(.6, .5); p~ = 1/2 * 1/3 + 1/2 * mean of the rows
+    tau = 0.5 / 3 + 0.5 * 0.55
+    p_mean = [0.5 / 3 + 0.5 * value for value in (0.425, 0.35, 0.225)]
+    thresholds = [value / max(p_mean) * tau for value in p_mean]  # [.4417, .3980, .3252]
+    assert torch.allclose(method.thresholds.class_thresholds(), torch.tensor(thresholds))
+    assert losses["pseudo_label_rate"].item() == 1.0  # .6 >= .4417 and .5 >= .3980
+    assert losses["unlabeled_loss"].item() == pytest.approx((LN(4) + LN(2)) / 2, abs=1e-6)
+    # Fairness: both strong rows predict class 1, so the batch side is one-hot [0, 1, 0]
+    # (log 1e-12 elsewhere); the target is SumNorm(p~ / h~), h~ = 1/2 * 1/3 + 1/2 * [.5, .5, 0].
+    histogram = [0.5 / 3 + 0.5 * value for value in (0.5, 0.5, 0.0)]
+    ratio = [p / h for p, h in zip(p_mean, histogram, strict=True)]
+    target = [value / sum(ratio) for value in ratio]
+    fairness = (target[0] + target[2]) * LN(1e-12)
+    assert losses["fairness_loss"].item() == pytest.approx(fairness, rel=1e-5)
+    assert losses["loss"].item() == pytest.approx(
+        LN(3) + (LN(4) + LN(2)) / 2 + 0.001 * fairness, abs=1e-5)
 
 
 def _real_inputs(method, seed: int = 1):

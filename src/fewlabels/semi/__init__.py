@@ -9,6 +9,7 @@ from fewlabels.semi import (
     entropy_minimization,  # noqa: F401
     fixmatch,  # noqa: F401
     flexmatch,  # noqa: F401
+    freematch,  # noqa: F401
     mean_teacher,  # noqa: F401
     mixmatch,  # noqa: F401
     pi_model,  # noqa: F401

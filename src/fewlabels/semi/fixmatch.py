@@ -171,16 +171,18 @@ class FixMatch(WeakStrongMethod):
     # What FlexMatch and FreeMatch change: the thresholds and the state behind them.
 
     def class_thresholds(self, probabilities: torch.Tensor) -> float | torch.Tensor:
-        """The threshold (one, or one per class ``[K]``) for this step's weak predictions."""
+        """The threshold (one, or one per class ``[K]``) for this step's weak predictions
+        (FreeMatch first folds them into its state)."""
         return self.config.threshold
 
     def update_state(self, probabilities: torch.Tensor, indices: torch.Tensor) -> None:
         """After masking: fold this step's weak predictions, gathered from every device, into
-        the method's state (here none)."""
+        the method's state (FlexMatch's; here none)."""
 
     def extra_losses(self, strong_logits: torch.Tensor, mask: torch.Tensor
-                     ) -> dict[str, torch.Tensor]:
-        """Terms added to the loss besides the unlabeled cross-entropy (FreeMatch's)."""
+                     ) -> dict[str, tuple[float, torch.Tensor]]:
+        """Terms added to the loss besides the unlabeled cross-entropy, by name, each with
+        its weight (FreeMatch's fairness loss)."""
         return {}
 
     # The step.
@@ -206,11 +208,10 @@ class FixMatch(WeakStrongMethod):
             targets = sharpen(probabilities, self.config.temperature)
             unlabeled = masked_soft_cross_entropy(strong_logits, targets, mask)
         self.update_state(probabilities, inputs.indices)
-        extra = self.extra_losses(strong_logits, mask)
         total = losses["loss"] + self.config.unlabeled_weight * unlabeled
-        for value in extra.values():
-            total = total + value
-        losses.update({name: value.detach() for name, value in extra.items()})
+        for name, (weight, value) in self.extra_losses(strong_logits, mask).items():
+            total = total + weight * value
+            losses[name] = value.detach()
         losses["loss"] = total
         losses["unlabeled_loss"] = unlabeled.detach()
         losses.update(pseudo_label_numbers(mask, probabilities.argmax(dim=1),
