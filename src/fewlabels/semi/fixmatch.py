@@ -4,7 +4,8 @@ Simplifying Semi-Supervised Learning with Consistency and Confidence", NeurIPS 2
 The prediction on a weak view of an unlabeled image (translation and flip) becomes a hard
 pseudo-label when its confidence reaches :math:`\tau`, and trains the prediction on a strong
 view of the same image (RandAugment and Cutout, :class:`~fewlabels.augment.randaugment.
-StrongAugment`, on top of the weak augmentation as in the paper's code and its ports):
+StrongAugment`, on top of the weak augmentation, as PyTorch ports of the paper's code do:
+kekmodel's FixMatch-pytorch flips and crops, then applies RandAugment):
 
 .. math::
 
