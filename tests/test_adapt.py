@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from engine_harness import compare_one_and_two_processes
 from fewlabels.cli import main
 from fewlabels.commands.adapt import joint_mean_std, matching_channels
 from fewlabels.engine.checkpoint import load_checkpoint
@@ -169,6 +170,20 @@ def test_teacher_adapt_never_trains_on_the_hidden_target_labels_and_logs_their_a
     confident = _averaged_by_hand(twin, inputs[3], 6).max(1).values >= 0.95
     recorded = method.thresholds.predictions[inputs[4]]
     assert torch.equal(recorded >= 0, confident)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, options", [
+    ("teacher-adapt", {"threshold": 0.4, "teacher_views": 3}),  # images become confident
+    ("dann", {"discriminator_hidden": (8,)}),
+])
+def test_two_processes_adapt_as_one_does(tmp_path, name, options):
+    single = compare_one_and_two_processes(
+        tmp_path, name, {"unlabeled_ratio": 2, **options},
+        {"name": "convnet", "width": 4, "depth": 2, "feature_dim": 8}, steps=3, batch_size=8,
+        labeled=12, channels=3, atol=1e-4)
+    if name == "teacher-adapt":  # the gathered thresholds' state is not trivial
+        assert int((single["state"]["thresholds.predictions"] >= 0).sum()) > 0
 
 
 # -- the two domains ------------------------------------------------------------------------
