@@ -368,6 +368,7 @@ def test_supervised_steps_scale_and_are_capped() -> None:
 
 
 def test_supervised_from_scratch_learns_bright_versus_dark() -> None:
+    """The baseline still learns a separable toy problem now that it trains on the engine."""
     train = bright_dark_images(20, seed=0)
     test = bright_dark_images(50, seed=1)
     model = train_supervised(lambda: TinyBackbone(), train, mean=[0.5], std=[0.3],
@@ -375,6 +376,11 @@ def test_supervised_from_scratch_learns_bright_versus_dark() -> None:
     assert model.accuracy(test) > 0.95
     assert model.settings["steps"] == 30 and model.settings["batch_size"] == 16
     assert not model.training
+    # trained by the engine's loop, as the supervised classifier method, with the
+    # baseline's AdamW at the asked learning rate (the engine scales a recipe's per 256)
+    assert model.settings["method"] == "supervised" and model.settings["optimizer"] == "adamw"
+    assert model.settings["lr"] == pytest.approx(1e-2) and model.settings["from"] == "scratch"
+    assert model.settings["max_shift"] == 2 and model.settings["ema_decay"] == pytest.approx(2 / 3)
 
 
 # --- label efficiency, table, JSON, plot ---------------------------------------------------
