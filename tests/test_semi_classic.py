@@ -99,7 +99,8 @@ def test_pseudo_label_weight_ramp_follows_lee_from_t1_to_t2():
     clock = TrainingClock(steps_per_epoch=10, total_steps=101)  # the engine's evaluation
     clock.advance(40, 0.0)
     assert clock.value(ramp) == pytest.approx(1.5)
-    for options in ({"threshold": 1.5}, {"ramp_start": 0.5, "ramp_end": 0.5},
+    assert LinearRamp(3.0, 0.0, 0.0).value(0, 0.0) == 3.0  # no ramp
+    for options in ({"threshold": 1.5}, {"ramp_start": 0.5, "ramp_end": 0.4},
                     {"unlabeled_ratio": 0}):
         with pytest.raises(UserError):
             _method("pseudo-label", **options)

@@ -101,7 +101,8 @@ class PseudoLabelConfig(SemiSupervisedConfig):
     ramp_start: float = option(
         0.05, "T1: fraction of training before which the pseudo-label weight is 0")
     ramp_end: float = option(
-        0.3, "T2: fraction of training at which the weight reaches alpha_f (linear from T1)")
+        0.3, "T2: fraction of training at which the weight reaches alpha_f (linear from T1; "
+        "T1 = T2 = 0: alpha_f throughout)")
 
 
 @SEMI_METHODS.register("pseudo-label", "hard arg-max labels of the weak view above a "
@@ -119,8 +120,8 @@ class PseudoLabel(ClassifierMethod):
         super().__init__(backbone, config, data)
         if not 0.0 <= config.threshold <= 1.0:
             raise UserError(f"--threshold must be in [0, 1], got {config.threshold}")
-        if not 0.0 <= config.ramp_start < config.ramp_end <= 1.0:
-            raise UserError("give 0 <= --ramp-start < --ramp-end <= 1 (fractions of "
+        if not 0.0 <= config.ramp_start <= config.ramp_end <= 1.0:
+            raise UserError("give 0 <= --ramp-start <= --ramp-end <= 1 (fractions of "
                             f"training), got {config.ramp_start} and {config.ramp_end}")
         if config.unlabeled_ratio < 1:
             raise UserError(f"{self.name} needs unlabeled images; give --unlabeled-ratio >= 1")
