@@ -87,8 +87,9 @@ def _method(name: str, num_images: int = 12, **options):
     return SEMI_METHODS.get(name)(backbone, SEMI_METHODS.get(name).Config(**options), data)
 
 
-def _context(images: torch.Tensor, progress: float, epoch: int = 1) -> EpochContext:
-    return EpochContext(epoch=epoch, step=0, steps_per_epoch=1, images=images, mean=MEAN,
+def _context(images: torch.Tensor, progress: float, epoch: int = 1,
+             step: int = 10_000) -> EpochContext:
+    return EpochContext(epoch=epoch, step=step, steps_per_epoch=1, images=images, mean=MEAN,
                         std=STD, generator=torch.Generator().manual_seed(epoch),
                         _reset_optimizer_state=lambda parameters: None, progress=progress)
 
@@ -121,6 +122,23 @@ def test_the_teachers_pseudo_labels_are_the_test_time_arg_max_of_the_moving_aver
     _confident(method.average, 5.0)
     assert method.on_epoch_start(_context(images, progress=0.6)) is None  # still round 1
     assert torch.equal(method.targets, before)
+
+
+def test_a_moving_average_younger_than_three_time_constants_leaves_the_teaching_to_the_weights():
+    torch.manual_seed(3)
+    method = _method("naive-student", ema_decay=0.99, threshold=0.0)
+    with torch.no_grad():  # the trained weights say class 0, the average class 2
+        method.classifier.bias.copy_(torch.tensor([50.0, 0.0, 0.0]))
+        method.average.classifier.bias.copy_(torch.tensor([0.0, 0.0, 50.0]))
+    images = torch.randint(0, 256, (12, 1, 28, 28), dtype=torch.uint8)
+    numbers = method.on_epoch_start(_context(images, progress=0.4, step=298))  # 0.99^298 > 0.05
+    student = ClassifierNetwork(method.backbone, method.classifier)
+    from_student = augmented_probabilities(student, images, MEAN, STD).argmax(1)
+    assert numbers["teacher_is_average"] == 0
+    assert torch.equal(method.targets.argmax(1), from_student) and (from_student == 0).all()
+    numbers = method.on_epoch_start(_context(images, progress=0.7, step=299))  # 0.99^299 < 0.05
+    assert numbers["teacher_is_average"] == 1
+    assert (method.targets.argmax(1) == 2).all()
 
 
 def test_the_student_loss_is_labeled_plus_pseudo_labeled_cross_entropy_by_hand():

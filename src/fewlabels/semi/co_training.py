@@ -9,7 +9,9 @@ its initial weights redrawn, see :func:`~fewlabels.semi.self_training.shuffle_en
 learn from two views of every image: two independent draws of the weak augmentation (flip
 and translation). The run is split into ``rounds`` equal parts of its progress; round 0
 trains both on the labeled images only. At the first epoch start of each later round
-(:meth:`CoTraining.on_epoch_start`), each network's moving average labels the unlabeled pool
+(:meth:`CoTraining.on_epoch_start`), each network's moving average (its trained weights
+while the average is young, :func:`~fewlabels.semi.self_training.average_is_ready`) labels
+the unlabeled pool
 (test-time augmentation, :mod:`fewlabels.semi.test_time_augmentation`: by default the mean
 of the image's and its mirror's softmax), and its most confident predictions, at most
 ``top_per_class`` per predicted class among the images the other network has no label for
@@ -71,6 +73,7 @@ from fewlabels.semi.base import (
 )
 from fewlabels.semi.registry import SEMI_METHODS
 from fewlabels.semi.self_training import (
+    average_is_ready,
     pseudo_label_loss,
     select_pseudo_labels,
     shuffle_entries_,
@@ -228,9 +231,12 @@ class CoTraining(ClassifierMethod):
             1, context.num_images // (self.data.num_classes * rounds))
         numbers: dict[str, float] = {"round": float(round_now)}
         # Both networks label before either set changes.
+        ready = average_is_ready(config.ema_decay, context.step)
+        teachers = self.networks() if ready else (
+            ClassifierNetwork(self.backbone, self.classifier), self.second_network())
         predictions = [augmented_probabilities(teacher, context.images, context.mean,
                                                context.std, views=config.test_time_views)
-                       for teacher in self.networks()]  # 2 x [N, K]
+                       for teacher in teachers]  # 2 x [N, K]
         for source, probabilities in enumerate(predictions):
             receiver = 1 - source
             free = self.given[receiver] < 0  # images the receiver has no label for yet
@@ -241,7 +247,7 @@ class CoTraining(ClassifierMethod):
         numbers["first_labeled"] = float((self.given[0] >= 0).sum())
         numbers["second_labeled"] = float((self.given[1] >= 0).sum())
         self.rounds_done.fill_(round_now)
-        return numbers
+        return numbers | {"teacher_is_average": float(ready)}
 
     # -- every step --------------------------------------------------------------------------
 

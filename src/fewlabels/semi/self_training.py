@@ -10,7 +10,9 @@ pseudo-labeled ones; the student becomes the next teacher. Here the run is split
 ``rounds`` equal parts of its progress (steps, or the time budget). Round 0 has no teacher
 and trains on the labeled images only. At the first epoch start of each later round
 (:meth:`on_epoch_start`) the moving average of the weights (what the run evaluates) becomes
-the teacher: it labels every image of the unlabeled pool with test-time augmentation
+the teacher (the trained weights instead while the average is younger than three time
+constants, :func:`average_is_ready`, e.g. in a short run at decay 0.999; logged as
+``teacher_is_average``): it labels every image of the unlabeled pool with test-time augmentation
 (:mod:`fewlabels.semi.test_time_augmentation`: the mean softmax over the image, its mirror
 and four 2-pixel shifts), in eval mode and without noise, as both papers do. Kept are the
 images whose largest probability reaches ``threshold`` (Noisy Student: 0.3), then at most
@@ -78,7 +80,12 @@ from fewlabels.methods.base import (
     check_options,
 )
 from fewlabels.options import option
-from fewlabels.semi.base import ClassifierMethod, SemiSupervisedConfig, pseudo_label_numbers
+from fewlabels.semi.base import (
+    ClassifierMethod,
+    ClassifierNetwork,
+    SemiSupervisedConfig,
+    pseudo_label_numbers,
+)
 from fewlabels.semi.registry import SEMI_METHODS
 from fewlabels.semi.test_time_augmentation import ViewSet, augmented_probabilities
 
@@ -163,6 +170,14 @@ def shuffle_entries_(module: nn.Module, generator: torch.Generator) -> None:
             submodule.reset_running_stats()
 
 
+def average_is_ready(decay: float, steps: int, initial_weight: float = 0.05) -> bool:
+    """Whether a moving average of the weights, ``steps`` optimiser steps after it was set
+    to the trained weights, can teach: its start weighs ``decay^steps`` in it, at most
+    ``initial_weight`` (3 time constants: 3,000 steps at FixMatch's 0.999). A younger average
+    is mostly the random initialisation, a teacher that keeps nothing."""
+    return decay == 0 or decay ** steps <= initial_weight
+
+
 class SelfTraining(ClassifierMethod):
     """Rounds of teacher labelling and student training; see the module docstring."""
 
@@ -195,6 +210,7 @@ class SelfTraining(ClassifierMethod):
         self.register_buffer("targets", torch.zeros(count, data.num_classes))
         self.register_buffer("kept", torch.zeros(count, dtype=torch.bool))
         self.register_buffer("rounds_done", torch.zeros((), dtype=torch.long))
+        self.register_buffer("average_since", torch.zeros((), dtype=torch.long))  # its reset
         # The initial weights (the same on a resumed run: built from the run's seed), for a
         # new student; a plain attribute, not in checkpoints.
         self._initial = (copy.deepcopy(self._student_state()) if config.new_student else None)
@@ -231,9 +247,11 @@ class SelfTraining(ClassifierMethod):
             raise UserError(f"{self.name} stores {len(self.kept)} pseudo-labels but the run "
                             f"trains on {context.num_images} images; start a new run")
         config = self.config
-        probabilities = augmented_probabilities(
-            self.classifier_network(), context.images, context.mean, context.std,
-            views=config.test_time_views)  # [N, K]
+        ready = average_is_ready(config.ema_decay, context.step - int(self.average_since))
+        teacher = self.classifier_network() if ready else ClassifierNetwork(self.backbone,
+                                                                           self.classifier)
+        probabilities = augmented_probabilities(teacher, context.images, context.mean,
+                                                context.std, views=config.test_time_views)
         top = None
         if config.balance_classes:
             top = config.top_per_class or max(1, context.num_images // self.data.num_classes)
@@ -245,7 +263,8 @@ class SelfTraining(ClassifierMethod):
         self.rounds_done.fill_(round_now)
         if config.new_student:
             self._new_student(context)
-        return round_numbers(round_now, probabilities, kept)
+        return round_numbers(round_now, probabilities, kept) | {"teacher_is_average":
+                                                                 float(ready)}
 
     def _new_student(self, context: EpochContext) -> None:
         """A new random student (see the module docstring), its optimiser state and moving
@@ -257,6 +276,7 @@ class SelfTraining(ClassifierMethod):
         context.reset_optimizer_state([*self.backbone.parameters(),
                                        *self.classifier.parameters()])
         self.reset_average_()
+        self.average_since.fill_(context.step)
 
     # -- every step --------------------------------------------------------------------------
 
