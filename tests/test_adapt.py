@@ -152,6 +152,11 @@ def test_teacher_pseudo_labels_are_the_mean_of_the_views_and_the_loss_matches_by
     assert float(numbers["loss"].detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
     assert float(numbers["pseudo_label_rate"]) == pytest.approx(kept.float().mean().item())
     assert float(numbers["unlabeled_accuracy"]) == 1.0  # hidden = the teacher's own labels
+    # a floor above every confidence keeps none
+    floored = _method("teacher-adapt", teacher_views=4, min_threshold=1.0)
+    floored.load_state_dict(method.state_dict())
+    numbers = floored.training_loss((source, labels, strong, target, indices, pseudo), _step())
+    assert float(numbers["pseudo_label_rate"]) == 0.0
 
 
 def test_teacher_adapt_never_trains_on_the_hidden_target_labels_and_logs_their_accuracy():

@@ -16,7 +16,9 @@ The labeled stream is the source domain, the unlabeled stream the target domain.
 2. its arg-max is the pseudo-label, kept when the averaged confidence reaches the class's
    adaptive threshold :math:`\mathcal{T}(\hat y_u)` (:class:`~fewlabels.losses.semi.
    FlexMatchThresholds`, base threshold ``--threshold``: classes the teacher already
-   predicts confidently for many target images keep a high threshold, rare ones a low one);
+   predicts confidently for many target images keep a high threshold, rare ones a low one;
+   ``--min-threshold`` puts a floor under all of them, French et al.'s fixed 0.968 being
+   the extreme);
 3. the student learns the source labels on weakly augmented source images and the kept
    pseudo-labels on strongly augmented target images (RandAugment + Cutout), one forward
    pass for both:
@@ -76,6 +78,9 @@ class TeacherAdaptConfig(SemiSupervisedConfig):
         "0.95)")
     threshold_warmup: bool = option(
         True, "FlexMatch's threshold warm-up: count the images never yet confident")
+    min_threshold: float = option(
+        0.0, "floor under every class's adaptive threshold (0: FlexMatch's, which start at "
+        "0 and pass every pseudo-label until many target images have been confident)")
     teacher_views: int = option(
         6, "views of each target image the teacher's pseudo-label averages, in the order "
         "image, mirror image, shifted right, left, down, up (1 to 6)")
@@ -100,8 +105,9 @@ class TeacherAdapt(ClassifierMethod):
         if config.unlabeled_ratio < 1:
             raise UserError("teacher-adapt needs target images in every batch: "
                             "--unlabeled-ratio >= 1")
-        if not 0 < config.threshold <= 1:
-            raise UserError(f"--threshold must be in (0, 1], got {config.threshold}")
+        if not 0 < config.threshold <= 1 or not 0 <= config.min_threshold <= 1:
+            raise UserError(f"--threshold must be in (0, 1] and --min-threshold in [0, 1], "
+                            f"got {config.threshold} and {config.min_threshold}")
         if not 1 <= config.teacher_views <= len(TEACHER_VIEWS) or config.strong_ops < 0:
             raise UserError(f"--teacher-views must be in 1..{len(TEACHER_VIEWS)} and "
                             "--strong-ops >= 0")
@@ -128,7 +134,7 @@ class TeacherAdapt(ClassifierMethod):
             probabilities = teacher(target)  # [U, K]: the views' mean softmax
         source_logits, strong_logits = self.logits_of(source, strong)
         numbers = self.supervised_loss(source_logits, labels)
-        thresholds = self.thresholds.class_thresholds()
+        thresholds = self.thresholds.class_thresholds().clamp_min(self.config.min_threshold)
         unlabeled_loss, confident = fixmatch_unlabeled_loss(strong_logits, probabilities,
                                                             thresholds)
         self.thresholds.update(gather_no_gradient(probabilities), gather_no_gradient(indices))
