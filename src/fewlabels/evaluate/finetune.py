@@ -13,8 +13,11 @@ supervised baseline's rule (:func:`~fewlabels.evaluate.baselines.supervised_step
 passes over the labeled images, clamped to [200, 2000] steps), so fine-tuning and training
 from scratch get the same number of steps at every budget.
 
-The recipe was chosen by measurement (docs in the evaluate command's help): see
-``FINETUNE_RECIPE``.
+FixMatch's recipe was measured against the supervised baseline's (AdamW, lr 2e-3 for batches
+of min(128, N), weight decay 0.05, warm-up and cosine decay), both 200 steps from the 10-minute
+SimCLR benchmark run on Fashion-MNIST, split seed 0: 59.8% against 47.6% test accuracy at 1
+label per class, 74.3% against 74.1% at 10 (the linear probe on the frozen features: 62.5%
+and 74.8%).
 """
 
 from __future__ import annotations
