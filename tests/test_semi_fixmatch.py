@@ -184,6 +184,8 @@ def test_flexmatch_thresholds_follow_the_images_that_became_confident():
     _fixed_logits(method, [[0.0, 0.0, 0.0]] + weak + STRONG)
     losses = method.training_loss(_weak_strong([0], 4, indices=[4, 5, 6, 7]), _step())
     assert losses["pseudo_label_rate"].item() == 0.75
+    # strong [1/4, 1/2, 1/4]: labels 0 and 2 cost ln 4, label 1 ln 2; the row out costs 0
+    assert losses["unlabeled_loss"].item() == pytest.approx((2 * LN(4) + LN(2)) / 4, abs=1e-6)
     assert losses["threshold_max"].item() == pytest.approx(0.57)
     assert method.thresholds.predictions.tolist() == [0, 0, 0, 1, -1, -1, -1, -1]
 
