@@ -76,7 +76,9 @@ def test_the_moving_average_follows_its_formula_and_copies_batch_norm_statistics
         for module in method.backbone.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.fill_(0.7)
-    method.after_optimizer_step(StepInfo(0, 0, 0.0, torch.Generator()))
+    assert method.average_decay(0) == pytest.approx(0.1)  # the warm-up: (1 + 0) / (10 + 0)
+    assert method.average_decay(10) == pytest.approx(11 / 20)
+    method.after_optimizer_step(StepInfo(1000, 0, 0.0, torch.Generator()))  # warmed up: 0.9
     after = method.average.state_dict()
     trained = {**{f"backbone.{k}": v for k, v in method.backbone.state_dict().items()},
                **{f"classifier.{k}": v for k, v in method.classifier.state_dict().items()}}
