@@ -43,9 +43,10 @@ def _batch(labeled: int = 4, unlabeled: int = 8) -> Batch:
                  hidden_labels=torch.arange(unlabeled) % 3)
 
 
-def _step(method, progress: float = 0.5, seed: int = 2) -> StepInfo:
-    values = {name: schedule.value(10, progress) for name, schedule in method.schedules().items()}
-    return StepInfo(10, 0, progress, torch.Generator().manual_seed(seed), 1, values)
+def _step(method, progress: float = 0.5, seed: int = 2, step: int = 10) -> StepInfo:
+    values = {name: schedule.value(step, progress) for name, schedule in
+              method.schedules().items()}
+    return StepInfo(step, 0, progress, torch.Generator().manual_seed(seed), 1, values)
 
 
 def _logits_of(probabilities: list[list[float]]) -> torch.Tensor:
@@ -157,7 +158,7 @@ def test_mean_teachers_teacher_is_the_moving_average_of_the_student():
         for parameter in method.parameters():
             if parameter.requires_grad:
                 parameter.add_(0.3 * torch.randn_like(parameter))
-    method.after_optimizer_step(_step(method))
+    method.after_optimizer_step(_step(method, step=1000))  # past any warm-up of the decay
     student = ClassifierNetwork(method.backbone, method.classifier).state_dict()
     formula = copy.deepcopy(ClassifierNetwork(method.backbone, method.classifier))
     formula.load_state_dict({

@@ -23,8 +23,9 @@ own batch); the running statistics it keeps are the student's, copied after ever
 
 How it differs from the paper, and why:
 
-- The decay is constant, ``--ema-decay`` (default 0.999, the paper's value after the
-  ramp-up); the paper uses 0.99 during the ramp-up, then 0.999.
+- The teacher's decay is the base moving average's, ``--ema-decay`` (default 0.999, the
+  paper's value after its ramp-up; see :meth:`ClassifierMethod.after_optimizer_step`); the
+  paper uses 0.99 during the ramp-up, then 0.999.
 - The views are the weak augmentation (translation, flip) plus Gaussian noise of standard
   deviation 0.15 (``--input-noise``, the paper's ConvNet input noise); no dropout in our
   backbones.
