@@ -129,7 +129,7 @@ def _averaged_by_hand(method, target, views):
 
 def test_teacher_pseudo_labels_are_the_mean_of_the_views_and_the_loss_matches_by_hand():
     torch.manual_seed(2)
-    method = _method("teacher-adapt", teacher_views=4)
+    method = _method("teacher-adapt", teacher_views=4, min_threshold=0.0)
     method.train()
     assert not method.average.training  # the teacher predicts in eval mode
     batch = _teacher_batch()
@@ -161,7 +161,7 @@ def test_teacher_pseudo_labels_are_the_mean_of_the_views_and_the_loss_matches_by
 
 def test_teacher_adapt_never_trains_on_the_hidden_target_labels_and_logs_their_accuracy():
     torch.manual_seed(4)
-    method = _method("teacher-adapt")
+    method = _method("teacher-adapt", min_threshold=0.0)
     inputs = method.make_views(_teacher_batch(), torch.Generator().manual_seed(0))
     twin = copy.deepcopy(method)  # the thresholds change with each step
     pseudo = _averaged_by_hand(method, inputs[3], len(TEACHER_VIEWS)).argmax(1)
@@ -179,7 +179,8 @@ def test_teacher_adapt_never_trains_on_the_hidden_target_labels_and_logs_their_a
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, options", [
-    ("teacher-adapt", {"threshold": 0.4, "teacher_views": 3}),  # images become confident
+    # a low threshold, no floor: images become confident and pseudo-labels train
+    ("teacher-adapt", {"threshold": 0.4, "min_threshold": 0.0, "teacher_views": 3}),
     ("dann", {"discriminator_hidden": (8,)}),
 ])
 def test_two_processes_adapt_as_one_does(tmp_path, name, options):
@@ -245,7 +246,7 @@ SMALL = ["--width", "4", "--depth", "2", "--feature-dim", "8", "--batch-size", "
 @pytest.mark.parametrize("method, options", [
     ("supervised", []),
     ("dann", ["--discriminator-hidden", "8"]),
-    ("teacher-adapt", ["--teacher-views", "2"]),
+    ("teacher-adapt", ["--teacher-views", "2", "--min-threshold", "0"]),
 ])
 def test_adapt_end_to_end_on_tiny_gray_source_and_colour_target(tmp_path, method, options):
     source = _write_domain(tmp_path / "source.npz", channels=1)
