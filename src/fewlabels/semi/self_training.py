@@ -22,6 +22,12 @@ arg-max with ``soft_labels false``) and the kept mask are registered buffers ind
 ``batch.indices``, so a checkpoint holds them and a run resumed within a round trains on the
 same pseudo-labels.
 
+Rounds change at epoch starts, the only time the engine hands a method the whole pool: a
+round begins at the first epoch start past its share of the progress (on full
+Fashion-MNIST an epoch is 133 steps at the default batch, so a 1-minute run stays in round
+0). Labelling costs a pass of the teacher over the pool per view: 60,000 images x 6 views
+is 360,000 forward passes (``--test-time-views flip``: a third of it).
+
 The loss of a step: cross-entropy on the labeled batch plus ``unlabeled_weight`` times the
 cross-entropy of the student against the targets, averaged over the kept images of the
 unlabeled batch (the paper trains on the filtered set as a dataset, so each pseudo-labeled
