@@ -19,6 +19,7 @@ from fewlabels.semi import SEMI_METHODS
 from fewlabels.semi.base import ClassifierNetwork
 from fewlabels.semi.co_training import CoTraining
 from fewlabels.semi.self_training import (
+    average_is_ready,
     pseudo_label_loss,
     select_pseudo_labels,
     shuffle_entries_,
@@ -125,18 +126,20 @@ def test_the_teachers_pseudo_labels_are_the_test_time_arg_max_of_the_moving_aver
 
 
 def test_a_moving_average_younger_than_three_time_constants_leaves_the_teaching_to_the_weights():
+    assert average_is_ready(_method("naive-student", ema_decay=0.999), 0, 40)  # the warm-up
     torch.manual_seed(3)
     method = _method("naive-student", ema_decay=0.99, threshold=0.0)
     with torch.no_grad():  # the trained weights say class 0, the average class 2
         method.classifier.bias.copy_(torch.tensor([50.0, 0.0, 0.0]))
         method.average.classifier.bias.copy_(torch.tensor([0.0, 0.0, 50.0]))
     images = torch.randint(0, 256, (12, 1, 28, 28), dtype=torch.uint8)
-    numbers = method.on_epoch_start(_context(images, progress=0.4, step=298))  # 0.99^298 > 0.05
+    method.average_since.fill_(1000)  # a new student's reset, past the average's warm-up
+    numbers = method.on_epoch_start(_context(images, progress=0.4, step=1298))  # 0.99^298
     student = ClassifierNetwork(method.backbone, method.classifier)
     from_student = augmented_probabilities(student, images, MEAN, STD).argmax(1)
     assert numbers["teacher_is_average"] == 0
     assert torch.equal(method.targets.argmax(1), from_student) and (from_student == 0).all()
-    numbers = method.on_epoch_start(_context(images, progress=0.7, step=299))  # 0.99^299 < 0.05
+    numbers = method.on_epoch_start(_context(images, progress=0.7, step=1299))  # 0.99^299
     assert numbers["teacher_is_average"] == 1
     assert (method.targets.argmax(1) == 2).all()
 

@@ -21,6 +21,7 @@ x_ulb_w, x_ulb_s)``). This base holds:
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -201,6 +202,14 @@ class ClassifierMethod(Method):
         still hold a third of the random initial weights after 1,000 steps; a 20-minute CPU
         run takes a few hundred to a thousand."""
         return min(self.config.ema_decay, (1 + step) / (10 + step))
+
+    def average_start_weight(self, since: int, now: int) -> float:
+        """How much the moving average's starting point (the trained weights at step
+        ``since``, a random network at step 0) still weighs in it at step ``now``: the
+        product of the decays of the steps between (0 when the average is off)."""
+        if self.config.ema_decay == 0:
+            return 0.0
+        return math.exp(sum(math.log(self.average_decay(t)) for t in range(since, now)))
 
     def after_optimizer_step(self, step: StepInfo) -> None:
         ema_update_(self.average, ClassifierNetwork(self.backbone, self.classifier),

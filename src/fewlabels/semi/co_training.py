@@ -201,7 +201,7 @@ class CoTraining(ClassifierMethod):
 
     def after_optimizer_step(self, step: StepInfo) -> None:
         super().after_optimizer_step(step)
-        ema_update_(self.second_average, self.second_network(), self.config.ema_decay,
+        ema_update_(self.second_average, self.second_network(), self.average_decay(step.step),
                     buffers="copy")
 
     def parameter_options(self, name: str, parameter: nn.Parameter) -> ParameterOptions:
@@ -231,7 +231,7 @@ class CoTraining(ClassifierMethod):
             1, context.num_images // (self.data.num_classes * rounds))
         numbers: dict[str, float] = {"round": float(round_now)}
         # Both networks label before either set changes.
-        ready = average_is_ready(config.ema_decay, context.step)
+        ready = average_is_ready(self, 0, context.step)
         teachers = self.networks() if ready else (
             ClassifierNetwork(self.backbone, self.classifier), self.second_network())
         predictions = [augmented_probabilities(teacher, context.images, context.mean,

@@ -10,8 +10,8 @@ pseudo-labeled ones; the student becomes the next teacher. Here the run is split
 ``rounds`` equal parts of its progress (steps, or the time budget). Round 0 has no teacher
 and trains on the labeled images only. At the first epoch start of each later round
 (:meth:`on_epoch_start`) the moving average of the weights (what the run evaluates) becomes
-the teacher (the trained weights instead while the average is younger than three time
-constants, :func:`average_is_ready`, e.g. in a short run at decay 0.999; logged as
+the teacher (the trained weights instead while the average's start still weighs over 5% in
+it, :func:`average_is_ready`, e.g. just after a new student's reset; logged as
 ``teacher_is_average``): it labels every image of the unlabeled pool with test-time augmentation
 (:mod:`fewlabels.semi.test_time_augmentation`: the mean softmax over the image, its mirror
 and four 2-pixel shifts), in eval mode and without noise, as both papers do. Kept are the
@@ -176,12 +176,14 @@ def shuffle_entries_(module: nn.Module, generator: torch.Generator) -> None:
             submodule.reset_running_stats()
 
 
-def average_is_ready(decay: float, steps: int, initial_weight: float = 0.05) -> bool:
-    """Whether a moving average of the weights, ``steps`` optimiser steps after it was set
-    to the trained weights, can teach: its start weighs ``decay^steps`` in it, at most
-    ``initial_weight`` (3 time constants: 3,000 steps at FixMatch's 0.999). A younger average
-    is mostly the random initialisation, a teacher that keeps nothing."""
-    return decay == 0 or decay ** steps <= initial_weight
+def average_is_ready(method: ClassifierMethod, since: int, now: int,
+                     initial_weight: float = 0.05) -> bool:
+    """Whether the method's moving average of the weights, set to the trained weights at
+    step ``since``, can teach at step ``now``: its start weighs at most ``initial_weight``
+    in it (:meth:`ClassifierMethod.average_start_weight`; with the average's warm-up a few
+    dozen steps from step 0, but 3,000 steps at 0.999 after a new student's reset). A
+    younger average is mostly its start, a teacher that keeps nothing."""
+    return method.average_start_weight(since, now) <= initial_weight
 
 
 class SelfTraining(ClassifierMethod):
@@ -253,7 +255,7 @@ class SelfTraining(ClassifierMethod):
             raise UserError(f"{self.name} stores {len(self.kept)} pseudo-labels but the run "
                             f"trains on {context.num_images} images; start a new run")
         config = self.config
-        ready = average_is_ready(config.ema_decay, context.step - int(self.average_since))
+        ready = average_is_ready(self, int(self.average_since), context.step)
         teacher = self.classifier_network() if ready else ClassifierNetwork(self.backbone,
                                                                            self.classifier)
         probabilities = augmented_probabilities(teacher, context.images, context.mean,
