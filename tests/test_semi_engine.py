@@ -151,6 +151,7 @@ def test_finetune_starts_from_the_pretrained_backbone(tmp_path):
     (["--labels-per-class", "0"], "not a number of labels per class"),
     (["--labels-per-class", "5000"], "too few for 5000 labels"),
     (["--labels-per-class", "2", "--method", "nonesuch"], "unknown classifier method"),
+    (["--labels-per-class", "2", "--method", "dann"], "run it with fewlabels adapt"),
 ])
 def test_bad_classifier_runs_get_one_line_errors(tmp_path, capsys, arguments, message):
     assert main(["semi", "--out", str(tmp_path / "run"), *SMALL, *arguments]) == 2

@@ -142,6 +142,10 @@ def run(args: Any) -> dict[str, Any]:
             raise UserError(f"{out} already holds a run; continue it with --resume, "
                             "or choose another --out")
         args.method = args.method or DEFAULT_SEMI_METHOD
+        if SEMI_METHODS.get(args.method).domain_adaptation:
+            raise UserError(f"{args.method} aligns a source domain with a target domain; "
+                            f"run it with fewlabels adapt --method {args.method} --source "
+                            "DATA --target DATA")
         if args.labels_per_class is None and not finetune:
             raise UserError("give --labels-per-class K (labeled images per class, or 'all')")
         recipe = SEMI_METHODS.get(args.method).recipe.replace(**recipe_changes)

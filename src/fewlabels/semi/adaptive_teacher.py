@@ -104,6 +104,7 @@ class TeacherAdapt(ClassifierMethod):
     FlexMatch thresholds."""
 
     name = "teacher-adapt"
+    domain_adaptation = True
     Config = TeacherAdaptConfig
     paper = ("French et al., Self-ensembling for visual domain adaptation, ICLR 2018; "
              "thresholds of Zhang et al., FlexMatch, NeurIPS 2021")

@@ -95,6 +95,9 @@ class ClassifierMethod(Method):
 
     Config: ClassVar[type] = ClassifierConfig
     recipe: ClassVar[TrainingRecipe] = FIXMATCH_RECIPE
+    # True for methods that align a labeled source domain with an unlabeled target domain
+    # (fewlabels adapt); `fewlabels semi` refuses them.
+    domain_adaptation: ClassVar[bool] = False
 
     def __init__(self, backbone: nn.Module, config: ClassifierConfig, data: DataInfo) -> None:
         super().__init__(backbone, config, data)

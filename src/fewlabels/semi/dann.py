@@ -133,6 +133,7 @@ class DANN(ClassifierMethod):
     """Source cross-entropy plus a domain discriminator behind a gradient-reversal layer."""
 
     name = "dann"
+    domain_adaptation = True
     Config = DANNConfig
     paper = "Ganin et al., Domain-Adversarial Training of Neural Networks, JMLR 2016"
 
