@@ -43,12 +43,12 @@ from fewlabels.commands.arguments import (
     positive_int,
 )
 from fewlabels.commands.pretrain import method_on_command_line
-from fewlabels.commands.semi import METHOD, RECIPE
-from fewlabels.commands.semi import _start as start_classifier
+from fewlabels.commands.run_settings import refuse_existing_run, resumed_settings
+from fewlabels.commands.semi import METHOD, RECIPE, start_classifier
 from fewlabels.data import load_dataset
 from fewlabels.data.imageset import ImageSet
 from fewlabels.data.labeled import train_and_test
-from fewlabels.engine.checkpoint import checkpoint_path, load_checkpoint
+from fewlabels.engine.checkpoint import load_checkpoint
 from fewlabels.engine.recipe import TrainingRecipe
 from fewlabels.engine.run_control import make_fabric
 from fewlabels.engine.streams import LabeledStream
@@ -224,17 +224,13 @@ def run(args: Any) -> dict[str, Any]:
         checkpoint = load_checkpoint(out)
         run_spec = checkpoint["run"]
         _refuse_changes(args, run_spec, out, recipe_changes)
-        stored = checkpoint["train"]
-        recipe = TrainingRecipe.from_dict(stored.get("recipe", {}))
-        seed, epochs_given = stored["seed"], stored.get("epochs_given", False)
-        budget = args.budget_minutes if args.budget_minutes is not None else stored.get(
-            "budget_minutes")
+        settings = resumed_settings(checkpoint, args.budget_minutes)
+        recipe, seed = settings.recipe, settings.seed
+        epochs_given, budget = settings.epochs_given, settings.budget_minutes
         domains = load_domains(run_spec["adapt"]["source"], run_spec["adapt"]["target"],
                                run_spec["data"]["image_size"], run_spec["data"]["on_corrupt"])
     else:
-        if checkpoint_path(out).exists():
-            raise UserError(f"{out} already holds a run; continue it with --resume, "
-                            "or choose another --out")
+        refuse_existing_run(out)
         args.method = args.method or DEFAULT_ADAPT_METHOD
         if args.method not in SEMI_METHODS:
             raise UserError(f"{args.method} is not a classifier method; adapt trains a "

@@ -21,9 +21,10 @@ from fewlabels.commands.arguments import (
     positive_float,
     positive_int,
 )
+from fewlabels.commands.run_settings import refuse_existing_run, resumed_settings
 from fewlabels.data import load_dataset
 from fewlabels.data.imageset import ImageSet
-from fewlabels.engine.checkpoint import checkpoint_path, load_checkpoint
+from fewlabels.engine.checkpoint import load_checkpoint
 from fewlabels.engine.recipe import TrainingRecipe
 from fewlabels.engine.run_control import make_fabric
 from fewlabels.engine.trainer import TrainConfig, TrainResult, train
@@ -103,20 +104,16 @@ def run(args: Any) -> TrainResult:
         checkpoint = load_checkpoint(out)
         run_spec = checkpoint["run"]
         _refuse_changes(args, run_spec, out, recipe_changes)
-        stored = checkpoint["train"]
-        recipe = TrainingRecipe.from_dict(stored.get("recipe", {}))
-        seed, epochs_given = stored["seed"], stored.get("epochs_given", False)
-        budget = args.budget_minutes if args.budget_minutes is not None else stored.get(
-            "budget_minutes")
+        settings = resumed_settings(checkpoint, args.budget_minutes)
+        recipe, seed = settings.recipe, settings.seed
+        epochs_given, budget = settings.epochs_given, settings.budget_minutes
         data_spec = run_spec["data"]
     else:
         args.method = args.method or DEFAULT_METHOD
         args.backbone = args.backbone or DEFAULT_BACKBONE
         args.data = args.data or DEFAULT_DATA
         checkpoint = run_spec = None
-        if checkpoint_path(out).exists():
-            raise UserError(f"{out} already holds a run; continue it with --resume, "
-                            "or choose another --out")
+        refuse_existing_run(out)
         recipe = METHODS.get(args.method).recipe.replace(**recipe_changes)
         seed, epochs_given, budget = args.seed, "epochs" in recipe_changes, args.budget_minutes
         data_spec = {"spec": args.data, "image_size": args.image_size,

@@ -24,8 +24,9 @@ from fewlabels.commands.arguments import (
     positive_int,
 )
 from fewlabels.commands.pretrain import method_on_command_line
+from fewlabels.commands.run_settings import refuse_existing_run, resumed_settings
 from fewlabels.data.labeled import train_and_test
-from fewlabels.engine.checkpoint import checkpoint_path, load_checkpoint
+from fewlabels.engine.checkpoint import load_checkpoint
 from fewlabels.engine.recipe import TrainingRecipe
 from fewlabels.engine.run_control import make_fabric
 from fewlabels.engine.trainer import TrainConfig, train
@@ -128,19 +129,15 @@ def run(args: Any) -> dict[str, Any]:
         checkpoint = load_checkpoint(out)
         run_spec = checkpoint["run"]
         _refuse_changes(args, run_spec, out, recipe_changes)
-        stored = checkpoint["train"]
-        recipe = TrainingRecipe.from_dict(stored.get("recipe", {}))
-        seed, epochs_given = stored["seed"], stored.get("epochs_given", False)
-        budget = args.budget_minutes if args.budget_minutes is not None else stored.get(
-            "budget_minutes")
+        settings = resumed_settings(checkpoint, args.budget_minutes)
+        recipe, seed = settings.recipe, settings.seed
+        epochs_given, budget = settings.epochs_given, settings.budget_minutes
         data = run_spec["data"]
         train_part, test_part, note = train_and_test(
             data["spec"], data["image_size"], run_spec["data"]["info"]["channels"],
             data["on_corrupt"])
     else:
-        if checkpoint_path(out).exists():
-            raise UserError(f"{out} already holds a run; continue it with --resume, "
-                            "or choose another --out")
+        refuse_existing_run(out)
         args.method = args.method or DEFAULT_SEMI_METHOD
         if SEMI_METHODS.get(args.method).domain_adaptation:
             raise UserError(f"{args.method} aligns a source domain with a target domain; "
@@ -163,7 +160,7 @@ def run(args: Any) -> dict[str, Any]:
     images, labeled = streams(train_part, run_spec["split"], method.unlabeled_ratio,
                               run_spec["split"].get("max_unlabeled"))
     if not args.resume:
-        _start(method, run_spec, labeled, fabric.is_global_zero)
+        start_classifier(method, run_spec, labeled, fabric.is_global_zero)
     run_spec["method_config"] = method.config_dict()
     if fabric.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
@@ -199,7 +196,7 @@ def run(args: Any) -> dict[str, Any]:
     return summary
 
 
-def _start(method: ClassifierMethod, run_spec: dict[str, Any], labeled: Any,
+def start_classifier(method: ClassifierMethod, run_spec: dict[str, Any], labeled: Any,
            verbose: bool) -> None:
     """A new run's starting weights: the --init run's backbone, and with --head-init probe
     a classifier fitted to the labeled images' features."""
