@@ -20,9 +20,11 @@ DEMO_BUDGETS = "1,10,100,all"
 # classifier method trained on the labels and the unlabeled images, from the pretrained
 # backbone) is to join here once the evaluation has such a protocol.
 DEMO_PROTOCOLS = "knn,linear,finetune"
-# Steps of fine-tuning and of the supervised baseline per budget and seed (rounded up to one
-# pass over the labels at 'all'), so the demo ends within 10 minutes; `fewlabels evaluate`
-# trains 30 passes over the labels, in [200, 2000] steps.
+# Steps of fine-tuning and of the supervised baseline per budget and seed (one pass over the
+# labels at 'all': 938 and 469 steps), so the demo ends within 10 minutes; `fewlabels
+# evaluate` trains 30 passes over the labels, in [200, 2000] steps. Measured on a shared
+# 2-core CPU: both rows together cost 5% less CPU time than the baseline alone did at its
+# default length (evaluation 635 against 669 CPU seconds).
 DEMO_FINETUNE_STEPS = 100
 
 
