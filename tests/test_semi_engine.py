@@ -145,6 +145,7 @@ def test_finetune_starts_from_the_pretrained_backbone(tmp_path):
             assert torch.allclose(value, start[name], atol=1e-6), name  # lr ~ 0: unchanged
     method = build_method(tuned["run"])
     assert method.data.mean == tuple(load_checkpoint(pretrained)["run"]["data"]["info"]["mean"])
+    assert main(["semi", "--out", str(pretrained), "--resume", "--no-progress"]) == 2
 
 
 @pytest.mark.parametrize("arguments, message", [

@@ -156,7 +156,9 @@ def run(args: Any) -> dict[str, Any]:
     fabric = make_fabric(config.accelerator, config.devices, config.num_nodes, config.precision)
     torch.manual_seed(config.seed)  # the same initial weights on every device
     method = build_method(run_spec)
-    assert isinstance(method, ClassifierMethod)
+    if not isinstance(method, ClassifierMethod):
+        raise UserError(f"{out} holds a {run_spec['method']} pretraining run, not a "
+                        "classifier; resume it with fewlabels pretrain --resume")
     images, labeled = streams(train_part, run_spec["split"], method.unlabeled_ratio,
                               run_spec["split"].get("max_unlabeled"))
     if not args.resume:
@@ -197,7 +199,7 @@ def run(args: Any) -> dict[str, Any]:
 
 
 def start_classifier(method: ClassifierMethod, run_spec: dict[str, Any], labeled: Any,
-           verbose: bool) -> None:
+                     verbose: bool) -> None:
     """A new run's starting weights: the --init run's backbone, and with --head-init probe
     a classifier fitted to the labeled images' features."""
     if run_spec.get("init"):
