@@ -46,16 +46,10 @@ import torch
 from torch import nn
 
 from fewlabels.losses.consistency import mse_consistency
-from fewlabels.methods.base import Batch, DataInfo, StepInfo
+from fewlabels.methods.base import StepInfo
 from fewlabels.options import option
-from fewlabels.semi.base import ClassifierMethod, pseudo_label_numbers
-from fewlabels.semi.pi_model import (
-    ConsistencyConfig,
-    GaussianRamp,
-    TwoViews,
-    check_consistency_config,
-    two_views_of,
-)
+from fewlabels.semi.base import pseudo_label_numbers
+from fewlabels.semi.pi_model import ConsistencyConfig, PiModel, TwoViews
 from fewlabels.semi.registry import SEMI_METHODS
 
 
@@ -67,29 +61,19 @@ class MeanTeacherConfig(ConsistencyConfig):
 
 @SEMI_METHODS.register("mean-teacher", "student matches its moving-average teacher on "
                        "another noisy view (Tarvainen & Valpola 2017)")
-class MeanTeacher(ClassifierMethod):
+class MeanTeacher(PiModel):
     """Cross-entropy on the labeled views + w(t) · mean squared difference between the
-    student's softmax on one view and the moving-average teacher's on another."""
+    student's softmax on one view and the moving-average teacher's on another (the
+    Pi-model's views, ramp-up and checks; the second view goes through the teacher)."""
 
     name = "mean-teacher"
     Config = MeanTeacherConfig
     paper = "Tarvainen & Valpola, NeurIPS 2017"
 
-    def __init__(self, backbone: nn.Module, config: MeanTeacherConfig, data: DataInfo) -> None:
-        super().__init__(backbone, config, data)
-        check_consistency_config(self, config)
-
     @property
     def teacher(self) -> nn.Module:
         """The moving average of the student's weights (the base's ``average``)."""
         return self.average
-
-    def schedules(self) -> dict[str, GaussianRamp]:
-        return {"unlabeled_weight": GaussianRamp(self.config.unlabeled_weight,
-                                                 self.config.rampup_fraction)}
-
-    def make_views(self, batch: Batch, generator: torch.Generator) -> TwoViews:
-        return two_views_of(self, batch, generator, self.config.input_noise)
 
     @staticmethod
     def unlabeled_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
