@@ -43,19 +43,25 @@ from fewlabels.commands.arguments import (
     positive_int,
 )
 from fewlabels.commands.pretrain import method_on_command_line
-from fewlabels.commands.run_settings import refuse_existing_run, resumed_settings
-from fewlabels.commands.semi import METHOD, RECIPE, start_classifier
+from fewlabels.commands.run_settings import (
+    new_settings,
+    refuse_existing_run,
+    resumed_settings,
+    start_devices,
+    train_config,
+    write_run_description,
+)
+from fewlabels.commands.semi import METHOD, RECIPE, build_classifier, start_classifier
 from fewlabels.data import load_dataset
 from fewlabels.data.imageset import ImageSet
 from fewlabels.data.labeled import train_and_test
 from fewlabels.engine.checkpoint import load_checkpoint
 from fewlabels.engine.recipe import TrainingRecipe
-from fewlabels.engine.run_control import make_fabric
 from fewlabels.engine.streams import LabeledStream
-from fewlabels.engine.trainer import TrainConfig, train
+from fewlabels.engine.trainer import train
 from fewlabels.errors import UserError
 from fewlabels.methods.base import DataInfo
-from fewlabels.runs import backbone_spec, build_method, describe, method_config
+from fewlabels.runs import backbone_spec, describe, method_config
 from fewlabels.semi import SEMI_METHODS, ClassifierMethod
 from fewlabels.semi.classifier_run import accuracy, predict_probabilities, pseudo_label_warning
 
@@ -225,8 +231,6 @@ def run(args: Any) -> dict[str, Any]:
         run_spec = checkpoint["run"]
         _refuse_changes(args, run_spec, out, recipe_changes)
         settings = resumed_settings(checkpoint, args.budget_minutes)
-        recipe, seed = settings.recipe, settings.seed
-        epochs_given, budget = settings.epochs_given, settings.budget_minutes
         domains = load_domains(run_spec["adapt"]["source"], run_spec["adapt"]["target"],
                                run_spec["data"]["image_size"], run_spec["data"]["on_corrupt"])
     else:
@@ -238,21 +242,15 @@ def run(args: Any) -> dict[str, Any]:
         if args.source is None or args.target is None:
             raise UserError("give --source DATA (labeled) and --target DATA (its labels "
                             "unused) for a new run")
-        recipe = SEMI_METHODS.get(args.method).recipe.replace(**recipe_changes)
-        seed, epochs_given, budget = args.seed, "epochs" in recipe_changes, args.budget_minutes
+        settings = new_settings(
+            args, SEMI_METHODS.get(args.method).recipe.replace(**recipe_changes), recipe_changes)
         domains = load_domains(args.source, args.target, args.image_size, args.on_corrupt)
         run_spec = _new_run_spec(args, domains)
     images, hidden_labels = target_pool(domains["target_train"],
-                                        run_spec["adapt"]["max_unlabeled"], seed)
-    config = TrainConfig(
-        run_dir=out, recipe=recipe, budget_minutes=budget, epochs_given=epochs_given,
-        seed=seed, resume=args.resume, devices=args.devices, accelerator=args.accelerator,
-        num_nodes=args.num_nodes, precision=args.precision, progress=not args.no_progress,
-        checkpoint_minutes=args.checkpoint_minutes, stop_after_steps=args.stop_after_steps)
-    fabric = make_fabric(config.accelerator, config.devices, config.num_nodes, config.precision)
-    torch.manual_seed(config.seed)  # the same initial weights on every device
-    method = build_method(run_spec)
-    assert isinstance(method, ClassifierMethod)
+                                        run_spec["adapt"]["max_unlabeled"], settings.seed)
+    config = train_config(args, out, settings)
+    fabric = start_devices(config)
+    method = build_classifier(run_spec, out)
     run_spec["method_config"] = method.config_dict()
     source = domains["source_train"]
     labeled = LabeledStream(source.images, source.labels, method.unlabeled_ratio,
@@ -260,9 +258,7 @@ def run(args: Any) -> dict[str, Any]:
     if not args.resume:  # --head-init probe: a classifier fitted to the source features
         start_classifier(method, run_spec, labeled, fabric.is_global_zero)
     if fabric.is_global_zero:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "run.json").write_text(json.dumps(
-            {"run": run_spec, "train": config.to_dict()}, indent=2) + "\n")
+        write_run_description(out, run_spec, config)
         adapt = run_spec["adapt"]
         print(f"adapting {run_spec['method']} from {len(source)} labeled images of "
               f"{adapt['source']} to "
@@ -274,7 +270,7 @@ def run(args: Any) -> dict[str, Any]:
                                "source": run_spec["adapt"]["source"],
                                "target": run_spec["adapt"]["target"],
                                "source_images": len(source), "target_images": len(images),
-                               "seed": seed}
+                               "seed": settings.seed}
     if fabric.is_global_zero:
         summary |= _test(method, domains, fabric.device)
         summary |= {"minutes": result.elapsed_seconds / 60,

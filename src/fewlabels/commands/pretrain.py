@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,19 @@ from fewlabels.commands.arguments import (
     positive_float,
     positive_int,
 )
-from fewlabels.commands.run_settings import refuse_existing_run, resumed_settings
+from fewlabels.commands.run_settings import (
+    new_settings,
+    refuse_existing_run,
+    resumed_settings,
+    start_devices,
+    train_config,
+    write_run_description,
+)
 from fewlabels.data import load_dataset
 from fewlabels.data.imageset import ImageSet
 from fewlabels.engine.checkpoint import load_checkpoint
 from fewlabels.engine.recipe import TrainingRecipe
-from fewlabels.engine.run_control import make_fabric
-from fewlabels.engine.trainer import TrainConfig, TrainResult, train
+from fewlabels.engine.trainer import TrainResult, train
 from fewlabels.errors import UserError
 from fewlabels.methods import METHODS
 from fewlabels.runs import backbone_spec, build_method, data_info, method_config
@@ -105,8 +110,6 @@ def run(args: Any) -> TrainResult:
         run_spec = checkpoint["run"]
         _refuse_changes(args, run_spec, out, recipe_changes)
         settings = resumed_settings(checkpoint, args.budget_minutes)
-        recipe, seed = settings.recipe, settings.seed
-        epochs_given, budget = settings.epochs_given, settings.budget_minutes
         data_spec = run_spec["data"]
     else:
         args.method = args.method or DEFAULT_METHOD
@@ -114,13 +117,13 @@ def run(args: Any) -> TrainResult:
         args.data = args.data or DEFAULT_DATA
         checkpoint = run_spec = None
         refuse_existing_run(out)
-        recipe = METHODS.get(args.method).recipe.replace(**recipe_changes)
-        seed, epochs_given, budget = args.seed, "epochs" in recipe_changes, args.budget_minutes
+        settings = new_settings(
+            args, METHODS.get(args.method).recipe.replace(**recipe_changes), recipe_changes)
         data_spec = {"spec": args.data, "image_size": args.image_size,
                      "max_images": args.max_images, "on_corrupt": args.on_corrupt}
 
     images = pretraining_images(data_spec["spec"], data_spec["image_size"],
-                                data_spec["on_corrupt"], data_spec["max_images"], seed)
+                                data_spec["on_corrupt"], data_spec["max_images"], settings.seed)
     if run_spec is None:
         info = data_info(images)
         config = method_config(args.method, given_config_values(args, METHOD))
@@ -133,22 +136,13 @@ def run(args: Any) -> TrainResult:
             "data": {**data_spec, "info": info.__dict__ | {"mean": list(info.mean),
                                                             "std": list(info.std)}},
         }
-    config = TrainConfig(
-        run_dir=out, recipe=recipe, budget_minutes=budget, epochs_given=epochs_given,
-        seed=seed, resume=args.resume, devices=args.devices, accelerator=args.accelerator,
-        num_nodes=args.num_nodes, precision=args.precision, progress=not args.no_progress,
-        collapse_monitor=not args.no_collapse_monitor,
-        checkpoint_minutes=args.checkpoint_minutes, stop_after_steps=args.stop_after_steps,
-    )
-    fabric = make_fabric(config.accelerator, config.devices, config.num_nodes, config.precision)
-    torch.manual_seed(config.seed)  # the same initial weights on every device
+    config = train_config(args, out, settings, collapse_monitor=not args.no_collapse_monitor)
+    fabric = start_devices(config)
     method = build_method(run_spec)
     run_spec["method_config"] = method.config_dict()  # with the values the method resolved
     run_spec.setdefault("representation", method.default_representation)
     if fabric.is_global_zero:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "run.json").write_text(json.dumps(
-            {"run": run_spec, "train": config.to_dict()}, indent=2) + "\n")
+        write_run_description(out, run_spec, config)
         print(f"pretraining {run_spec['method']} on {len(images)} images of "
               f"{data_spec['spec']} ({images.channels}x{images.image_size[0]}"
               f"x{images.image_size[1]}), backbone {run_spec['backbone']['name']} "

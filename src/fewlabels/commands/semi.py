@@ -7,8 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from fewlabels.atomic import atomic_write_text
 from fewlabels.commands.arguments import (
     DEFAULT_BACKBONE,
@@ -24,12 +22,18 @@ from fewlabels.commands.arguments import (
     positive_int,
 )
 from fewlabels.commands.pretrain import method_on_command_line
-from fewlabels.commands.run_settings import refuse_existing_run, resumed_settings
+from fewlabels.commands.run_settings import (
+    new_settings,
+    refuse_existing_run,
+    resumed_settings,
+    start_devices,
+    train_config,
+    write_run_description,
+)
 from fewlabels.data.labeled import train_and_test
 from fewlabels.engine.checkpoint import load_checkpoint
 from fewlabels.engine.recipe import TrainingRecipe
-from fewlabels.engine.run_control import make_fabric
-from fewlabels.engine.trainer import TrainConfig, train
+from fewlabels.engine.trainer import train
 from fewlabels.errors import UserError
 from fewlabels.runs import (
     backbone_spec,
@@ -130,8 +134,6 @@ def run(args: Any) -> dict[str, Any]:
         run_spec = checkpoint["run"]
         _refuse_changes(args, run_spec, out, recipe_changes)
         settings = resumed_settings(checkpoint, args.budget_minutes)
-        recipe, seed = settings.recipe, settings.seed
-        epochs_given, budget = settings.epochs_given, settings.budget_minutes
         data = run_spec["data"]
         train_part, test_part, note = train_and_test(
             data["spec"], data["image_size"], run_spec["data"]["info"]["channels"],
@@ -145,29 +147,19 @@ def run(args: Any) -> dict[str, Any]:
                             "DATA --target DATA")
         if args.labels_per_class is None and not finetune:
             raise UserError("give --labels-per-class K (labeled images per class, or 'all')")
-        recipe = SEMI_METHODS.get(args.method).recipe.replace(**recipe_changes)
-        seed, epochs_given, budget = args.seed, "epochs" in recipe_changes, args.budget_minutes
-        run_spec, train_part, test_part, note = _new_run_spec(args, seed)
-    config = TrainConfig(
-        run_dir=out, recipe=recipe, budget_minutes=budget, epochs_given=epochs_given,
-        seed=seed, resume=args.resume, devices=args.devices, accelerator=args.accelerator,
-        num_nodes=args.num_nodes, precision=args.precision, progress=not args.no_progress,
-        checkpoint_minutes=args.checkpoint_minutes, stop_after_steps=args.stop_after_steps)
-    fabric = make_fabric(config.accelerator, config.devices, config.num_nodes, config.precision)
-    torch.manual_seed(config.seed)  # the same initial weights on every device
-    method = build_method(run_spec)
-    if not isinstance(method, ClassifierMethod):
-        raise UserError(f"{out} holds a {run_spec['method']} pretraining run, not a "
-                        "classifier; resume it with fewlabels pretrain --resume")
+        settings = new_settings(
+            args, SEMI_METHODS.get(args.method).recipe.replace(**recipe_changes), recipe_changes)
+        run_spec, train_part, test_part, note = _new_run_spec(args, settings.seed)
+    config = train_config(args, out, settings)
+    fabric = start_devices(config)
+    method = build_classifier(run_spec, out)
     images, labeled = streams(train_part, run_spec["split"], method.unlabeled_ratio,
                               run_spec["split"].get("max_unlabeled"))
     if not args.resume:
         start_classifier(method, run_spec, labeled, fabric.is_global_zero)
     run_spec["method_config"] = method.config_dict()
     if fabric.is_global_zero:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "run.json").write_text(json.dumps(
-            {"run": run_spec, "train": config.to_dict()}, indent=2) + "\n")
+        write_run_description(out, run_spec, config)
         start = f"from {run_spec['init']}" if run_spec.get("init") else "from scratch"
         print(f"training {run_spec['method']} {start} on {len(labeled.images)} labeled "
               + (f"and {len(images)} unlabeled " if method.unlabeled_ratio else "")
@@ -178,7 +170,7 @@ def run(args: Any) -> dict[str, Any]:
     summary: dict[str, Any] = {"method": run_spec["method"], "step": result.step,
                                "labeled": len(labeled.images),
                                "labels_per_class": run_spec["split"]["labels_per_class"],
-                               "seed": seed, "init": run_spec.get("init")}
+                               "seed": settings.seed, "init": run_spec.get("init")}
     if fabric.is_global_zero:
         probabilities = predict_probabilities(method.classifier_network(), test_part.images,
                                               method.data.mean, method.data.std,
@@ -196,6 +188,16 @@ def run(args: Any) -> dict[str, Any]:
         if warning:
             print(f"warning: {warning}")
     return summary
+
+
+def build_classifier(run_spec: dict[str, Any], out: Path) -> ClassifierMethod:
+    """The classifier method of a run spec, freshly initialised; a pretraining run's spec
+    (resumed with the wrong command) is a one-line error."""
+    method = build_method(run_spec)
+    if not isinstance(method, ClassifierMethod):
+        raise UserError(f"{out} holds a {run_spec['method']} pretraining run, not a "
+                        "classifier; resume it with fewlabels pretrain --resume")
+    return method
 
 
 def start_classifier(method: ClassifierMethod, run_spec: dict[str, Any], labeled: Any,
