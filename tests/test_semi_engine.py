@@ -205,3 +205,32 @@ def test_a_slow_or_frozen_backbone_and_a_probe_initialised_head():
     assert torch.equal(method.average.classifier.weight, method.classifier.weight)
     logits = method.classifier(method.backbone.eval()(method.normalized(images)))
     assert torch.equal(logits.argmax(1), labels)
+
+
+@pytest.mark.parametrize("method", ["fixmatch", "co-training"])
+def test_a_frozen_backbone_gets_no_gradient_and_keeps_every_weight_and_statistic(method):
+    from fewlabels.data.imageset import ImageSet
+    from fewlabels.semi.training import train_classifier
+
+    data = DataInfo(1, 28, (0.5,), (0.25,), num_classes=3, num_images=64)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, generator=generator)
+    labeled = ImageSet(images[:6], torch.arange(6) % 3)
+    backbone = build_backbone("convnet", in_channels=1, image_size=28, width=4, depth=2)
+    options = {"backbone_lr_scale": 0.0, "unlabeled_ratio": 2, "ema_decay": 0.0}
+    if method == "co-training":
+        options["rounds"] = 1
+    start = {k: v.clone() for k, v in backbone.state_dict().items()}
+    recipe = SEMI_METHODS.get(method).recipe.replace(batch_size=8)
+    trained = train_classifier(backbone, data, labeled, unlabeled=images, method=method,
+                               options=options, recipe=recipe, steps=3, seed=0)
+    networks = [trained.method.backbone]
+    if method == "co-training":
+        networks.append(trained.method.second_backbone)
+    for network in networks:
+        assert not any(p.requires_grad for p in network.parameters())
+        assert all(p.grad is None for p in network.parameters())
+    for name, value in trained.method.backbone.state_dict().items():
+        assert torch.equal(value, start[name]), name  # running statistics included
+    assert trained.method.classifier.weight.requires_grad  # the classifier still trains
+    assert trained.steps >= 3

@@ -34,6 +34,13 @@ from fewlabels.evaluate import (
 )
 from fewlabels.evaluate.clusters import DEFAULT_RESTARTS, HeadClusters, evaluate_clusters
 from fewlabels.evaluate.finetune import FINETUNE_RECIPE_NOTE, finetune_protocol
+from fewlabels.evaluate.semi_protocol import (
+    SEMI_METHOD,
+    SEMI_OPTIONS,
+    SEMI_STEPS,
+    semi_protocol,
+    semi_protocol_note,
+)
 from fewlabels.report.plot import plot_label_efficiency
 from fewlabels.runs import describe, load_method, load_pretrained, make_backbone
 from fewlabels.semi.classifier_run import backbone_state
@@ -45,9 +52,10 @@ def add_parser(subparsers: Any, argv: list[str]) -> None:  # noqa: ARG001
         description="kNN and linear probes on frozen features at budgets of labels per "
                     "class, averaged over split seeds, next to raw-pixel, random-init and "
                     "supervised-from-scratch baselines; with --protocol finetune also the "
-                    "backbone fine-tuned with a new linear classifier on the same labels. A "
-                    "budget counts every label the protocol uses. The clusters protocol "
-                    "scores k-means on the features "
+                    "backbone fine-tuned with a new linear classifier on the same labels, and "
+                    "with --protocol semi a semi-supervised method trained from it on the "
+                    "labels and the unlabeled train images. A budget counts every label the "
+                    "protocol uses. The clusters protocol scores k-means on the features "
                     "(k = classes) and the method's own cluster heads with NMI, ARI and "
                     "Hungarian-matched accuracy on the test part.")
     parser.add_argument("--checkpoint", required=True,
@@ -67,13 +75,16 @@ def add_parser(subparsers: Any, argv: list[str]) -> None:  # noqa: ARG001
 
 def add_evaluation_options(parser: Any) -> None:
     group = parser.add_argument_group("protocol")
-    group.add_argument("--protocol", type=names(["knn", "linear", "finetune", "clusters"]),
+    group.add_argument("--protocol",
+                       type=names(["knn", "linear", "finetune", "semi", "clusters"]),
                        default=["knn", "linear"],
                        help="comma-separated protocols: knn, linear, finetune (the run's "
                             "backbone and a new linear classifier, all weights trained on "
                             "the budget's labels with the supervised classifier method, "
                             f"{FINETUNE_RECIPE_NOTE}; the moving average of the weights is "
-                            "tested), clusters (NMI, ARI and Hungarian-matched accuracy of "
+                            "tested), semi (a semi-supervised method, --semi-method, from "
+                            "the run's backbone on the budget's labels and the train images "
+                            "without theirs), clusters (NMI, ARI and Hungarian-matched accuracy of "
                             "k-means with k = classes on L2-normalised features, and of the "
                             "method's own clusters) (default knn,linear)")
     group.add_argument("--labels-per-class", type=budgets, default=[1, 10, 100, None],
@@ -97,6 +108,15 @@ def add_evaluation_options(parser: Any) -> None:
                        help="training steps of the finetune protocol and of the supervised "
                             "baseline, rounded to whole passes over the labeled images "
                             "(default: 30 passes, clamped to [200, 2000] steps)")
+    group.add_argument("--semi-method", default=SEMI_METHOD,
+                       help="classifier method of the semi protocol (default "
+                            f"{SEMI_METHOD}; see: fewlabels list methods)")
+    group.add_argument("--semi-steps", type=positive_int, default=SEMI_STEPS,
+                       help="training steps of the semi protocol, rounded to whole passes "
+                            f"over its unlabeled images (default {SEMI_STEPS})")
+    group.add_argument("--semi-unlabeled", type=positive_int, default=None,
+                       help="unlabeled images of the semi protocol: a random choice of this "
+                            "many train images per split seed (default: all)")
     group.add_argument("--knn-k", type=positive_int, default=200,
                        help="neighbours of the kNN classifier (default 200)")
     group.add_argument("--knn-temperature", type=positive_float, default=0.1,
@@ -123,13 +143,13 @@ def evaluation_device(accelerator: str) -> torch.device:
 def run(args: Any) -> Results:
     protocols = list(dict.fromkeys(args.protocol))
     label_protocols = [p for p in protocols if p != "clusters"]
-    feature_protocols = [p for p in label_protocols if p != "finetune"]
+    feature_protocols = [p for p in label_protocols if p not in ("finetune", "semi")]
     if not protocols:
-        raise UserError("--protocol names no protocol; give knn, linear, finetune and/or "
-                        "clusters")
+        raise UserError("--protocol names no protocol; give knn, linear, finetune, semi "
+                        "and/or clusters")
     if args.plot and not label_protocols:
-        raise UserError("--plot draws label-efficiency curves; add knn or linear (or "
-                        "finetune) to --protocol")
+        raise UserError("--plot draws label-efficiency curves; add knn, linear, finetune "
+                        "or semi to --protocol")
     pretrained = load_pretrained(args.checkpoint, getattr(args, "representation", None))
     checkpoint, info = pretrained.checkpoint, pretrained.data
     run_dir = Path(args.checkpoint)
@@ -167,7 +187,8 @@ def run(args: Any) -> Results:
     results = Results(settings={})
     if label_protocols:
         steps = getattr(args, "finetune_steps", None)
-        supervised = finetune = None
+        supervised = finetune = semi = None
+        info_classes = dataclasses.replace(info, num_classes=train.num_classes)
         if "supervised" in args.baselines:
             supervised = supervised_baseline(fresh_backbone, mean=info.mean, std=info.std,
                                              num_classes=train.num_classes or None,
@@ -175,16 +196,23 @@ def run(args: Any) -> Results:
         if "finetune" in label_protocols:
             finetune = finetune_protocol(
                 backbone_state(pretrained.network), checkpoint["run"]["backbone"],
-                dataclasses.replace(info, num_classes=train.num_classes), steps=steps,
-                device=device)
+                info_classes, steps=steps, device=device)
+        if "semi" in label_protocols:
+            semi = semi_protocol(
+                backbone_state(pretrained.network), checkpoint["run"]["backbone"],
+                info_classes, train, method=args.semi_method, steps=args.semi_steps,
+                unlabeled=args.semi_unlabeled, device=device)
         results = evaluate_label_efficiency(
             representations, train, test, protocols=feature_protocols,
             labels_per_class=args.labels_per_class, seeds=seeds,
             validation_per_class=getattr(args, "validation_per_class", 0),
             knn_k=args.knn_k, knn_temperature=args.knn_temperature,
             supervised=supervised, supervised_name="supervised from scratch",
-            finetune=finetune, finetune_name=method, log=_say,
+            finetune=finetune, finetune_name=method, semi=semi, log=_say,
         )
+        if semi is not None:
+            results.settings["semi_training"] = semi_protocol_note(
+                args.semi_method, args.semi_steps, args.semi_unlabeled, SEMI_OPTIONS)
         if finetune is not None:
             results.settings["finetune_training"] = (
                 f"backbone + new linear classifier, {FINETUNE_RECIPE_NOTE}, "

@@ -8,10 +8,12 @@ labeled set, by stratified cross-validation seeded by the split seed (a fixed de
 class has a single label), and prepares features with statistics that need no labels
 (:class:`FeaturePreprocessing`, fitted on the whole train part).
 
-Two rows train networks instead of reading frozen features, on the same labeled images of
-every split: fine-tuning (``finetune``: the representation's backbone and a new linear
-classifier, all weights trained; :mod:`fewlabels.evaluate.finetune`) and the supervised
-baseline from scratch (``supervised``); both on the engine's one training loop.
+Three rows train networks instead of reading frozen features, on the same labeled images
+of every split: fine-tuning (``finetune``: the representation's backbone and a new linear
+classifier, all weights trained; :mod:`fewlabels.evaluate.finetune`), semi-supervised
+training from the representation's backbone (``semi``: the labels and the train part's
+images without theirs; :mod:`fewlabels.evaluate.semi_protocol`) and the supervised
+baseline from scratch (``supervised``); all on the engine's one training loop.
 
 An extra validation part for the probe stays available as an explicit option
 (``validation_per_class > 0``): its labels are then counted in the budget, and every cell and
@@ -111,6 +113,7 @@ def evaluate_label_efficiency(
     supervised_name: str = "scratch",
     finetune: SupervisedTrainer | None = None,
     finetune_name: str | None = None,
+    semi: SupervisedTrainer | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Results:
     """Run ``protocols`` ("knn", "linear") on every representation at every budget and seed.
@@ -126,10 +129,12 @@ def evaluate_label_efficiency(
     model from scratch on the labeled images of each split; it becomes the row
     (``supervised_name``, "supervised"). ``finetune(labeled, seed)``, when given, fine-tunes
     the representation ``finetune_name`` (default: the first) on the same labeled images: the
-    row (``finetune_name``, "finetune"), after that representation's other rows. Both
-    trained rows read the labeled images of the split only. With no feature protocol
-    (``protocols`` empty), no features are extracted. A budget larger than a class allows
-    raises :class:`UserError` (from :func:`make_split`) before any work is done.
+    row (``finetune_name``, "finetune"), after that representation's other rows.
+    ``semi(labeled, seed)`` likewise trains a semi-supervised classifier from that
+    representation (the row (``finetune_name``, "semi")); it may also read the train part's
+    images, never their labels. The trained rows read the labels of the split only. With no
+    feature protocol (``protocols`` empty), no features are extracted. A budget larger than a
+    class allows raises :class:`UserError` (from :func:`make_split`) before any work is done.
     """
     _check(train, test, protocols, seeds)
     if probe_preprocessing not in PREPROCESSINGS:
@@ -152,16 +157,17 @@ def evaluate_label_efficiency(
         preprocessing[name] = FeaturePreprocessing.fit(features[name][0], probe_preprocessing)
 
     trained: dict[tuple[str, str], SupervisedTrainer] = {}
-    if finetune is not None:
-        finetune_name = finetune_name or next(iter(representations), "fine-tuned")
-        trained[finetune_name, "finetune"] = finetune
+    finetune_name = finetune_name or next(iter(representations), "fine-tuned")
+    for protocol, trainer in (("finetune", finetune), ("semi", semi)):
+        if trainer is not None:
+            trained[finetune_name, protocol] = trainer
     if supervised is not None:
         trained[supervised_name, "supervised"] = supervised
     cells: dict[tuple[str, str, int | None], Cell] = {}
     row_keys = []
     for name in representations:
         row_keys += [(name, protocol) for protocol in protocols]
-        row_keys += [key for key in trained if key == (name, "finetune")]
+        row_keys += [key for key in trained if key in ((name, "finetune"), (name, "semi"))]
     row_keys += [key for key in trained if key not in row_keys]
     for budget in budgets:
         for name, protocol in row_keys:
@@ -178,6 +184,7 @@ def evaluate_label_efficiency(
             "linear": _count(torch.cat([labeled_y, validation_y]), num_classes),
             "supervised": _count(labeled_y, num_classes),
             "finetune": _count(labeled_y, num_classes),
+            "semi": _count(labeled_y, num_classes),
         }
         labels_used[budget_label(budget)] = {
             protocol: {"per_class": used[protocol][0], "total": used[protocol][1]}
@@ -208,7 +215,8 @@ def evaluate_label_efficiency(
     settings: dict[str, Any] = {
         "train": train.name, "test": test.name,
         "train_images": len(train), "test_images": len(test), "num_classes": num_classes,
-        "protocols": [*protocols, *(["finetune"] if finetune is not None else [])],
+        "protocols": [*protocols, *(protocol for (name, protocol) in trained
+                                    if protocol != "supervised")],
         "labels_per_class": budgets, "seeds": list(seeds),
         "all_budget_seed": seeds[0], "validation_per_class": validation_per_class,
         "labels_used": labels_used,
@@ -225,6 +233,7 @@ def evaluate_label_efficiency(
         "representations": list(features),
         "supervised": supervised_name if supervised is not None else None,
         "finetune": finetune_name if finetune is not None else None,
+        "semi": finetune_name if semi is not None else None,
     }
     if all_split is not None:
         settings["all_labels_per_class"] = len(all_split.labeled) / num_classes

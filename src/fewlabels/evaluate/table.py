@@ -170,9 +170,10 @@ def format_table(results: Results) -> str:
     notes = [note]
     if any(protocol == "linear" for _, protocol in results.rows()):
         notes.append(_probe_note(results.settings))
-    training = results.settings.get("finetune_training")
-    if training and any(protocol == "finetune" for _, protocol in results.rows()):
-        notes.append(f"finetune: {training}")
+    for protocol in ("finetune", "semi"):
+        training = results.settings.get(f"{protocol}_training")
+        if training and any(row == protocol for _, row in results.rows()):
+            notes.append(f"{protocol}: {training}")
     return "\n".join([*rendered, *(n for n in notes if n), *(["", clusters] if clusters else [])])
 
 

@@ -11,8 +11,9 @@ from matplotlib.figure import Figure
 from fewlabels.atomic import atomic_output
 from fewlabels.evaluate.table import Results
 
-_LINE_STYLES = {"knn": ":", "linear": "-", "finetune": "-.", "supervised": "--"}
-_MARKERS = {"knn": "s", "linear": "o", "finetune": "D", "supervised": "^"}
+_LINE_STYLES = {"knn": ":", "linear": "-", "finetune": "-.", "semi": (0, (5, 1, 1, 1)),
+                "supervised": "--"}
+_MARKERS = {"knn": "s", "linear": "o", "finetune": "D", "semi": "*", "supervised": "^"}
 
 
 def _x_positions(results: Results) -> dict[int | None, float]:

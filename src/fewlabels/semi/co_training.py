@@ -143,7 +143,7 @@ class CoTraining(ClassifierMethod):
         seed = int(torch.randint(2**62, ()))
         shuffle_entries_(second, torch.Generator().manual_seed(seed))
         super().__init__(backbone, config, data)
-        self.second_backbone = second
+        self.second_backbone = second.requires_grad_(config.backbone_lr_scale != 0)
         self.second_classifier = nn.Linear(int(second.feature_dim), data.num_classes)
         self.second_average = copy_as_teacher(
             ClassifierNetwork(self.second_backbone, self.second_classifier))

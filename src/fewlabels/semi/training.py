@@ -121,7 +121,9 @@ def train_classifier(
 
     ``backbone`` is a backbone spec (as stored in run specs) or a freshly made backbone
     module, which the method then owns; ``init``, when given, is a pretrained backbone's
-    state to start from (fine-tuning; the moving average restarts from it). ``data``
+    state to start from (fine-tuning; the moving average restarts from it), and with the
+    option ``head_init="probe"`` the classifier is first fitted to the labeled images'
+    features (as `fewlabels semi --head-init probe` does). ``data``
     describes the images (its normalisation is used as is: a pretrained backbone's own);
     ``num_classes`` is raised to cover the labels. ``recipe`` defaults to the method's;
     ``steps`` replaces its epochs (rounded to whole epochs, see :func:`epochs_for_steps`).
@@ -156,6 +158,8 @@ def train_classifier(
         trained = chosen(network, config, data)
         if init is not None:
             trained.load_backbone_(init)
+        if config.head_init == "probe":
+            trained.fit_head_(labeled.images, labeled.labels)
         stream = LabeledStream(labeled.images, labeled.labels, ratio,
                                hidden_labels=hidden_labels if ratio else None)
         config_ = TrainConfig(

@@ -1,0 +1,153 @@
+"""The classifiers-from-few-labels table: every semi-supervised method, the supervised
+baselines and fine-tuning, at fixed label budgets, split seeds and minutes of training.
+
+Each cell is one `fewlabels semi` run into ``OUT/ROW/LABELS/seed_S``; a cell with a
+``result.json`` is read, not rerun, and a killed cell resumes, so the table fills over
+several sessions. The report (``--report``) prints the Markdown table (mean and spread of
+test accuracy over the seeds run) and writes ``OUT/table.json``.
+
+    .venv/bin/python bench/semi_table.py --rows supervised,fixmatch --labels 40,250 \\
+        --seeds 0 --minutes 20 --init bench/results/simclr/run
+    .venv/bin/python bench/semi_table.py --report
+
+Rows that start from ``--init`` (the best 10-minute self-supervised checkpoint) say so in
+their name. Run on a quiet machine: the budget is wall-clock minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from fewlabels.atomic import atomic_write_text
+
+INIT = "{init}"
+PROTECTED = ["--init", INIT, "--backbone-lr-scale", "0.1", "--head-init", "probe"]
+
+# row name -> (method, extra options); INIT is replaced by --init.
+ROWS: dict[str, tuple[str, list[str]]] = {
+    "supervised": ("supervised", []),
+    "finetune": ("supervised", ["--init", INIT]),
+    "pseudo-label": ("pseudo-label", []),
+    "pi-model": ("pi-model", []),
+    "mean-teacher": ("mean-teacher", []),
+    "vat": ("vat", []),
+    "mixmatch": ("mixmatch", []),
+    "uda": ("uda", []),
+    "fixmatch": ("fixmatch", []),
+    "flexmatch": ("flexmatch", []),
+    "freematch": ("freematch", []),
+    "noisy-student": ("noisy-student", []),
+    "co-training": ("co-training", []),
+    "fixmatch-from-ssl": ("fixmatch", ["--init", INIT]),
+    "fixmatch-from-ssl-protected": ("fixmatch", PROTECTED),
+}
+
+
+def cell_folder(out: Path, row: str, labels: int, seed: int) -> Path:
+    return out / row / str(labels) / f"seed_{seed}"
+
+
+def run_cell(args: argparse.Namespace, row: str, labels: int, seed: int) -> None:
+    folder = cell_folder(args.out, row, labels, seed)
+    if (folder / "result.json").exists():
+        print(f"{row} {labels} seed {seed}: done")
+        return
+    method, extra = ROWS[row]
+    if labels % args.classes:
+        raise SystemExit(f"{labels} labels do not split evenly over {args.classes} classes")
+    command = [sys.executable, "-m", "fewlabels", "semi", "--method", method,
+               "--out", str(folder), "--no-progress"]
+    if (folder / "checkpoint.pt").exists():
+        command.append("--resume")
+    else:
+        command += ["--labels-per-class", str(labels // args.classes), "--seed", str(seed),
+                    "--budget-minutes", str(args.minutes), "--data", args.data]
+        command += [str(args.init) if part == INIT else part for part in extra]
+        command += args.extra
+    print("running", " ".join(command), flush=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f"seed_{seed}.log", "a") as log:
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
+
+
+def last_metrics(folder: Path) -> dict:
+    """The last logged step that has a pseudo-label rate (or the last one)."""
+    lines = (folder / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]
+    with_rate = [r for r in records if "pseudo_label_rate" in r]
+    return (with_rate or records or [{}])[-1]
+
+
+def report(out: Path) -> str:
+    cells: dict[str, dict[int, list[dict]]] = {}
+    for result in sorted(out.glob("*/*/seed_*/result.json")):
+        row, labels = result.parts[-4], int(result.parts[-3])
+        summary = json.loads(result.read_text())
+        summary["last"] = last_metrics(result.parent)
+        cells.setdefault(row, {}).setdefault(labels, []).append(summary)
+    budgets = sorted({labels for row in cells.values() for labels in row})
+    lines = ["| row | " + " | ".join(f"{b} labels" for b in budgets)
+             + " | steps | images/s | pseudo-label rate / accuracy (last step) |",
+             "|---|" + "---|" * (len(budgets) + 3)]
+    for row in [name for name in ROWS if name in cells]:
+        entries, steps, speeds, pseudo = [], [], [], []
+        for budget in budgets:
+            runs = cells[row].get(budget, [])
+            accuracies = [100 * r["test_accuracy"] for r in runs]
+            if not accuracies:
+                entries.append("")
+            elif len(accuracies) == 1:
+                entries.append(f"{accuracies[0]:.1f} (1 seed)")
+            else:
+                entries.append(f"{statistics.mean(accuracies):.1f} ± "
+                               f"{statistics.stdev(accuracies):.1f} ({len(accuracies)} seeds)")
+            steps += [r["step"] for r in runs]
+            speeds += [r.get("images_per_second", 0) for r in runs]
+            pseudo += [(r["last"]["pseudo_label_rate"], r["last"].get("pseudo_label_accuracy"))
+                       for r in runs if "pseudo_label_rate" in r["last"]]
+        rate = ""
+        if pseudo:
+            rates = statistics.median(p[0] for p in pseudo)
+            right = [p[1] for p in pseudo if p[1] is not None]
+            rate = f"{rates:.2f}" + (f" / {statistics.median(right):.2f}" if right else "")
+        lines.append(f"| {row} | " + " | ".join(entries)
+                     + f" | {statistics.median(steps):,.0f} | {statistics.median(speeds):,.0f}"
+                     f" | {rate} |")
+    atomic_write_text(out / "table.json", json.dumps(cells, indent=2) + "\n")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default=",".join(ROWS),
+                        help=f"comma-separated rows, of: {', '.join(ROWS)}")
+    parser.add_argument("--labels", default="40,250", help="label budgets (total labels)")
+    parser.add_argument("--seeds", default="0,1,2", help="split seeds")
+    parser.add_argument("--minutes", type=float, default=20.0)
+    parser.add_argument("--data", default="fashion-mnist")
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--init", type=Path, default=Path("bench/results/simclr/run"),
+                        help="pretrained run for the rows that start from one")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/semi"))
+    parser.add_argument("--report", action="store_true", help="only print the table")
+    parser.add_argument("extra", nargs="*", help="options after -- go to every run")
+    args = parser.parse_args()
+    if not args.report:
+        unknown = [row for row in args.rows.split(",") if row not in ROWS]
+        if unknown:
+            parser.error(f"unknown rows {unknown}; rows: {', '.join(ROWS)}")
+        for seed in (int(s) for s in args.seeds.split(",")):
+            for labels in (int(n) for n in args.labels.split(",")):
+                for row in args.rows.split(","):
+                    run_cell(args, row, labels, seed)
+    print(report(args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
