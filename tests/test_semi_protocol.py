@@ -16,7 +16,7 @@ from fewlabels.data.labeled import train_and_test
 from fewlabels.data.splits import make_split
 from fewlabels.errors import UserError
 from fewlabels.evaluate import evaluate_label_efficiency
-from fewlabels.evaluate.semi_protocol import semi_protocol, unlabeled_pool
+from fewlabels.evaluate.semi_protocol import parse_semi_options, semi_protocol, unlabeled_pool
 from fewlabels.runs import load_pretrained
 from fewlabels.semi.classifier_run import backbone_state
 from fewlabels.semi.fixmatch import FixMatch
@@ -46,7 +46,7 @@ def test_the_semi_row_in_evaluate(run_dir, tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(run_dir), "--data", "fashion-mnist-sample",
                  "--protocol", "knn,semi", "--labels-per-class", "1", "--seeds", "1",
                  "--baselines", "none", "--semi-steps", "1", "--semi-unlabeled", "448",
-                 "--json", str(path)]) == 0
+                 "--semi-option", "unlabeled-ratio=6", "--json", str(path)]) == 0
     out = capsys.readouterr().out
     results = json.loads(path.read_text())
     rows = list(dict.fromkeys((c["representation"], c["protocol"]) for c in results["cells"]))
@@ -56,7 +56,7 @@ def test_the_semi_row_in_evaluate(run_dir, tmp_path, capsys):
     detail = cell["details"][0]
     assert detail["method"] == "fixmatch" and detail["unlabeled"] == 448
     assert detail["steps"] == 1 and detail["head_init"] == "probe"
-    assert detail["backbone_lr_scale"] == 0.1
+    assert detail["backbone_lr_scale"] == 0.1 and detail["unlabeled_ratio"] == 6
     assert results["settings"]["protocols"] == ["knn", "semi"]
     assert "semi: fixmatch from the pretrained backbone" in out
 
@@ -65,6 +65,18 @@ def test_an_unknown_semi_method_is_one_line(run_dir, capsys):
     assert main(["evaluate", "--checkpoint", str(run_dir), "--data", "fashion-mnist-sample",
                  "--protocol", "semi", "--semi-method", "nosuch", "--baselines", "none"]) == 2
     assert "unknown" in capsys.readouterr().err
+
+
+def test_semi_options_are_parsed_with_the_methods_types():
+    assert parse_semi_options("fixmatch", ["backbone-lr-scale=0", "--threshold=0.9",
+                                           "distribution_alignment=true"]) == {
+        "backbone_lr_scale": 0.0, "threshold": 0.9, "distribution_alignment": True}
+    with pytest.raises(UserError, match="one of: .*threshold"):
+        parse_semi_options("fixmatch", ["thresh=0.9"])
+    with pytest.raises(UserError, match="not a number"):
+        parse_semi_options("fixmatch", ["threshold=high"])
+    with pytest.raises(UserError, match="NAME=VALUE"):
+        parse_semi_options("fixmatch", ["threshold"])
 
 
 def test_the_unlabeled_images_labels_never_change_the_result(pretrained):

@@ -38,6 +38,7 @@ from fewlabels.evaluate.semi_protocol import (
     SEMI_METHOD,
     SEMI_OPTIONS,
     SEMI_STEPS,
+    parse_semi_options,
     semi_protocol,
     semi_protocol_note,
 )
@@ -114,6 +115,11 @@ def add_evaluation_options(parser: Any) -> None:
     group.add_argument("--semi-steps", type=positive_int, default=SEMI_STEPS,
                        help="training steps of the semi protocol, rounded to whole passes "
                             f"over its unlabeled images (default {SEMI_STEPS})")
+    group.add_argument("--semi-option", action="append", default=[], metavar="NAME=VALUE",
+                       help="an option of the semi protocol's method, e.g. "
+                            "backbone-lr-scale=0 (repeatable; defaults: "
+                            + ", ".join(f"{k.replace('_', '-')}={v}"
+                                        for k, v in SEMI_OPTIONS.items()) + ")")
     group.add_argument("--semi-unlabeled", type=positive_int, default=None,
                        help="unlabeled images of the semi protocol: a random choice of this "
                             "many train images per split seed (default: all)")
@@ -198,10 +204,12 @@ def run(args: Any) -> Results:
                 backbone_state(pretrained.network), checkpoint["run"]["backbone"],
                 info_classes, steps=steps, device=device)
         if "semi" in label_protocols:
+            semi_options = {**SEMI_OPTIONS,
+                            **parse_semi_options(args.semi_method, args.semi_option)}
             semi = semi_protocol(
                 backbone_state(pretrained.network), checkpoint["run"]["backbone"],
                 info_classes, train, method=args.semi_method, steps=args.semi_steps,
-                unlabeled=args.semi_unlabeled, device=device)
+                unlabeled=args.semi_unlabeled, options=semi_options, device=device)
         results = evaluate_label_efficiency(
             representations, train, test, protocols=feature_protocols,
             labels_per_class=args.labels_per_class, seeds=seeds,
@@ -212,7 +220,7 @@ def run(args: Any) -> Results:
         )
         if semi is not None:
             results.settings["semi_training"] = semi_protocol_note(
-                args.semi_method, args.semi_steps, args.semi_unlabeled, SEMI_OPTIONS)
+                args.semi_method, args.semi_steps, args.semi_unlabeled, semi_options)
         if finetune is not None:
             results.settings["finetune_training"] = (
                 f"backbone + new linear classifier, {FINETUNE_RECIPE_NOTE}, "

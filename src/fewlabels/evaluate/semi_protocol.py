@@ -25,9 +25,11 @@ from typing import Any
 import torch
 
 from fewlabels.data.imageset import ImageSet
+from fewlabels.errors import UserError
 from fewlabels.evaluate.baselines import SupervisedModel
 from fewlabels.evaluate.finetune import check_backbone_state
 from fewlabels.methods.base import DataInfo
+from fewlabels.options import field_types, parse_text
 from fewlabels.semi.registry import SEMI_METHODS
 from fewlabels.semi.training import moving_average_decay, train_classifier
 
@@ -36,11 +38,30 @@ SEMI_STEPS = 400
 SEMI_OPTIONS: dict[str, Any] = {"backbone_lr_scale": 0.1, "head_init": "probe"}
 
 
+def parse_semi_options(method: str, texts: list[str]) -> dict[str, Any]:
+    """Method options given as ``NAME=VALUE`` texts (``backbone-lr-scale=0``), parsed with
+    the method's option types; an unknown name or a bad value is a one-line error."""
+    types = field_types(SEMI_METHODS.get(method).Config)
+    options: dict[str, Any] = {}
+    for text in texts:
+        name, separator, value = text.partition("=")
+        key = name.strip().removeprefix("--").replace("-", "_")
+        if not separator or key not in types:
+            valid = ", ".join(sorted(name.replace("_", "-") for name in types))
+            raise UserError(f"--semi-option {text!r}: give NAME=VALUE with a {method} option "
+                            f"name, one of: {valid}")
+        try:
+            options[key] = parse_text(types[key], value)
+        except ValueError as error:
+            raise UserError(f"--semi-option {text!r}: {error}") from None
+    return options
+
+
 def semi_protocol_note(method: str, steps: int, unlabeled: int | None,
                        options: dict[str, Any]) -> str:
     """One line for the table's notes: how the semi row was trained."""
     pool = f"{unlabeled:,} unlabeled train images" if unlabeled else "every train image"
-    chosen = ", ".join(f"{name} {value}" for name, value in options.items())
+    chosen = ", ".join(f"{name.replace('_', '-')} {value}" for name, value in options.items())
     return (f"{method} from the pretrained backbone on the labels and {pool}, its own "
             f"recipe, about {steps} steps, {chosen}; moving average of the weights tested")
 
