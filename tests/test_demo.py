@@ -22,8 +22,11 @@ def test_demo_pretrains_then_evaluates_and_reuses_a_finished_run(tmp_path, monke
     assert pretrain.method == "simclr" and pretrain.budget_minutes == 2.0
     assert pretrain.data == "fashion-mnist-sample"
     assert evaluate.labels_per_class == [1, 10, 100, None]
-    assert evaluate.protocol == ["knn", "linear", "finetune"]
+    assert evaluate.protocol == ["knn", "linear", "finetune", "semi"]
     assert evaluate.finetune_steps == demo.DEMO_FINETUNE_STEPS
+    assert (evaluate.semi_method, evaluate.semi_steps) == ("fixmatch", demo.DEMO_SEMI_STEPS)
+    assert evaluate.semi_unlabeled == demo.DEMO_SEMI_UNLABELED
+    assert evaluate.semi_option == ["backbone-lr-scale=0"]
     assert evaluate.baselines == ["raw", "random", "supervised"]
     assert evaluate.plot.endswith("label_efficiency.png")
 
