@@ -144,3 +144,16 @@ def test_sigterm_saves_a_checkpoint_that_resume_continues(tmp_path):
     assert main(["pretrain", "--out", str(out), "--resume", "--no-progress",
                  "--stop-after-steps", str(stopped["step"] + 2)]) == 130
     assert load_checkpoint(out)["step"] == stopped["step"] + 2
+
+
+def test_python_dash_m_fewlabels_is_the_command():
+    import subprocess
+    import sys
+
+    listed = subprocess.run([sys.executable, "-m", "fewlabels", "list", "backbones"],
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0 and "convnet" in listed.stdout
+    refused = subprocess.run([sys.executable, "-m", "fewlabels", "pretrain", "--method", "x",
+                              "--out", "/nonexistent/run"], capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
