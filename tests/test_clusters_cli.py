@@ -192,7 +192,7 @@ def test_clusters_bad_input(run_dir, tmp_path, capsys, with_toy_head, arguments,
 def test_evaluate_plot_needs_a_label_protocol(run_dir, tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(run_dir), "--protocol", "clusters",
                  "--plot", str(tmp_path / "p.png")]) == 2
-    assert "add knn or linear" in capsys.readouterr().err
+    assert "add knn, linear, finetune or semi" in capsys.readouterr().err
 
 
 class ModeRecordingHead(nn.Module):
