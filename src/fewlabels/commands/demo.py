@@ -31,7 +31,8 @@ DEMO_FINETUNE_STEPS = 100
 # DEMO_SEMI_STEPS steps per budget and seed. What a demo can afford shows FixMatch's start,
 # not its gain: 60 steps (a minute and a half of the demo, 9 min 48 s in all on machine C)
 # left the row below the probe (51.2 against 59.1 at 1 label per class, 72.0 against 73.4
-# at 10); 20-minute runs add about 2 points to the probe (docs/benchmarks.md).
+# at 10); 20 minutes from a 10-minute SimCLR start add 2 points to the probe at 40 labels
+# (docs/benchmarks.md). 30 steps: 9 min 12 s in all.
 DEMO_SEMI_STEPS = 30
 DEMO_SEMI_UNLABELED = 4480
 DEMO_SEMI_OPTIONS = ["backbone-lr-scale=0"]

@@ -114,7 +114,7 @@ class ClassifierMethod(Method):
         if config.head_init not in ("random", "probe"):
             raise UserError(f"--head-init must be random or probe, got {config.head_init!r}")
         if config.backbone_lr_scale == 0:
-            # frozen: no gradient is computed for it at all (about half a step's work)
+            # frozen: no gradient is computed for it at all (a FixMatch step costs a third)
             backbone.requires_grad_(False)
         self.classifier = nn.Linear(int(backbone.feature_dim), data.num_classes)
         self.average = copy_as_teacher(ClassifierNetwork(backbone, self.classifier))
