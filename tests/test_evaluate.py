@@ -137,6 +137,23 @@ def test_linear_probe_separates_separable_data() -> None:
     assert one_shot.train_accuracy == 1.0 and one_shot.accuracy > 0.9
 
 
+def test_linear_probe_returns_its_classifier() -> None:
+    """The returned weights are the probe that was scored: its argmax on the test features
+    gives the reported accuracy, and its probabilities are a softmax of the prepared
+    features' logits."""
+    train_x, train_y = blobs(10, 3, 8, 2.0, seed=0)
+    test_x, test_y = blobs(20, 3, 8, 2.0, seed=1)
+    result = linear_probe(train_x, train_y, test_x, test_y, num_classes=3)
+    probabilities = result.probabilities(test_x)
+    assert probabilities.shape == (60, 3)
+    assert torch.allclose(probabilities.sum(1), torch.ones(60))
+    accuracy = (probabilities.argmax(1) == test_y).float().mean().item()
+    assert accuracy == pytest.approx(result.accuracy)
+    prepared = result.preprocessing(test_x)
+    by_hand = (prepared @ result.weight.T + result.bias).softmax(1)
+    assert torch.allclose(probabilities, by_hand)
+
+
 def test_linear_probe_is_near_chance_on_random_labels_and_deterministic() -> None:
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(800, 16, generator=generator)

@@ -145,6 +145,10 @@ class ProbeResult:
     per-fold accuracies; ``folds`` is the number of folds of the partition and
     ``folds_evaluated`` how many of them were fitted. ``iterations`` and ``evaluations`` add
     up L-BFGS work over every fit, cross-validation included.
+
+    The fitted classifier itself (``weight`` ``[classes, D]``, ``bias`` ``[classes]``, on
+    features prepared by ``preprocessing``) predicts new images with :meth:`logits` and
+    :meth:`probabilities` (active learning queries and calibration use them).
     """
 
     accuracy: float
@@ -159,6 +163,21 @@ class ProbeResult:
     folds_evaluated: int = 0
     iterations: int = 0
     evaluations: int = 0
+    weight: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    bias: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    preprocessing: FeaturePreprocessing | None = field(default=None, repr=False, compare=False)
+
+    @torch.no_grad()
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The fitted probe's logits ``[N, classes]`` for raw features ``[N, D]`` (prepared
+        with the probe's preprocessing first)."""
+        if self.weight is None or self.bias is None or self.preprocessing is None:
+            raise ValueError("this ProbeResult holds no fitted classifier")
+        return torch.addmm(self.bias, self.preprocessing(features), self.weight.T)
+
+    def probabilities(self, features: torch.Tensor) -> torch.Tensor:
+        """Softmax of :meth:`logits`, ``[N, classes]``."""
+        return self.logits(features).softmax(dim=1)
 
 
 @dataclass
@@ -391,4 +410,7 @@ def linear_probe(
             folds_evaluated=selection.folds_evaluated,
             iterations=selection.iterations,
             evaluations=selection.evaluations,
+            weight=final.weight.detach(),
+            bias=final.bias.detach(),
+            preprocessing=preprocessing,
         )
