@@ -27,10 +27,6 @@ from fewlabels.report.cluster_grid import (
 )
 from fewlabels.runs import load_pretrained
 
-TINY = ["--data", "fashion-mnist-sample", "--max-images", "128", "--batch-size", "32",
-        "--width", "4", "--depth", "2", "--no-progress", "--projection-hidden-dim", "16",
-        "--projection-dim", "8", "--epochs", "1"]
-
 
 class BrightnessHead(nn.Module):
     """Three clusters by mean normalised brightness (dark, middle, bright): a cluster head
@@ -45,13 +41,6 @@ class BrightnessHead(nn.Module):
 
 def _brightness_clusters(images_uint8, mean, std) -> torch.Tensor:
     return BrightnessHead()(normalize(to_float(images_uint8), mean, std)).argmax(1)
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("clusters") / "run"
-    assert main(["pretrain", "--out", str(out), *TINY]) == 0
-    return out
 
 
 @pytest.fixture

@@ -6,17 +6,6 @@ import pytest
 
 from fewlabels.cli import main
 
-TINY = ["--data", "fashion-mnist-sample", "--max-images", "128", "--batch-size", "32",
-        "--width", "4", "--depth", "2", "--no-progress", "--projection-hidden-dim", "16",
-        "--projection-dim", "8", "--epochs", "1"]
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("eval") / "run"
-    assert main(["pretrain", "--out", str(out), *TINY]) == 0
-    return out
-
 
 def test_evaluate_prints_a_table_and_writes_json_and_plot(run_dir, tmp_path, capsys):
     status = main(["evaluate", "--checkpoint", str(run_dir), "--data", "fashion-mnist-sample",

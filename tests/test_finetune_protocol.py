@@ -21,17 +21,6 @@ from fewlabels.semi.classifier_run import backbone_state, predict_probabilities
 from fewlabels.semi.supervised import Supervised
 from fewlabels.semi.training import epochs_for_steps, moving_average_decay, train_classifier
 
-TINY = ["--data", "fashion-mnist-sample", "--max-images", "128", "--batch-size", "32",
-        "--width", "4", "--depth", "2", "--no-progress", "--projection-hidden-dim", "16",
-        "--projection-dim", "8", "--epochs", "1"]
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("finetune") / "run"
-    assert main(["pretrain", "--out", str(out), *TINY]) == 0
-    return out
-
 
 def test_the_finetune_row_is_the_returned_networks_test_accuracy(run_dir, tmp_path,
                                                                  monkeypatch, capsys):

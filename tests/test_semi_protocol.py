@@ -22,17 +22,6 @@ from fewlabels.semi.classifier_run import backbone_state
 from fewlabels.semi.fixmatch import FixMatch
 from fewlabels.semi.training import train_classifier
 
-TINY = ["--data", "fashion-mnist-sample", "--max-images", "128", "--batch-size", "32",
-        "--width", "4", "--depth", "2", "--no-progress", "--projection-hidden-dim", "16",
-        "--projection-dim", "8", "--epochs", "1"]
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("semi_protocol") / "run"
-    assert main(["pretrain", "--out", str(out), *TINY]) == 0
-    return out
-
 
 @pytest.fixture(scope="module")
 def pretrained(run_dir):
