@@ -207,6 +207,22 @@ def test_a_slow_or_frozen_backbone_and_a_probe_initialised_head():
     assert torch.equal(logits.argmax(1), labels)
 
 
+def test_a_run_starts_from_the_given_backbone_and_fits_its_head_only_when_asked():
+    torch.manual_seed(0)
+    source, method = _supervised(), _supervised()
+    state = {k: v.clone() for k, v in source.backbone.state_dict().items()}
+    images = torch.randint(0, 256, (12, 1, 28, 28), dtype=torch.uint8)
+    labels = torch.arange(12) % 3
+    head = method.classifier.weight.clone()
+    assert method.start_(state, images, labels) is None  # head_init "random": untouched
+    assert torch.equal(method.classifier.weight, head)
+    for name, value in method.backbone.state_dict().items():
+        assert torch.equal(value, state[name]), name
+    method.config.head_init = "probe"
+    assert method.start_(None, images, labels) == 1.0
+    assert not torch.equal(method.classifier.weight, head)
+
+
 @pytest.mark.parametrize("method", ["fixmatch", "co-training"])
 def test_a_frozen_backbone_gets_no_gradient_and_keeps_every_weight_and_statistic(method):
     from fewlabels.data.imageset import ImageSet

@@ -204,19 +204,20 @@ def start_classifier(method: ClassifierMethod, run_spec: dict[str, Any], labeled
                      verbose: bool) -> None:
     """A new run's starting weights: the --init run's backbone, and with --head-init probe
     a classifier fitted to the labeled images' features."""
+    state = None
     if run_spec.get("init"):
-        pretrained = load_pretrained(run_spec["init"])
-        try:
-            method.load_backbone_(backbone_state(pretrained.network))
-        except RuntimeError as error:
-            raise UserError(f"the backbone of {run_spec['init']} cannot start a classifier "
-                            "(its evaluated network is not a plain backbone); choose a "
-                            "run of another method") from error
-    if method.config.head_init == "probe":
-        fitted = method.fit_head_(labeled.images, labeled.labels)
-        if verbose:
-            print(f"classifier initialised by a probe on the labeled images' features "
-                  f"({100 * fitted:.0f}% of them right)")
+        state = backbone_state(load_pretrained(run_spec["init"]).network)
+    try:
+        fitted = method.start_(state, labeled.images, labeled.labels)
+    except RuntimeError as error:
+        if state is None:
+            raise
+        raise UserError(f"the backbone of {run_spec['init']} cannot start a classifier "
+                        "(its evaluated network is not a plain backbone); choose a "
+                        "run of another method") from error
+    if fitted is not None and verbose:
+        print(f"classifier initialised by a probe on the labeled images' features "
+              f"({100 * fitted:.0f}% of them right)")
 
 
 def _new_run_spec(args: Any, seed: int) -> tuple[dict[str, Any], Any, Any, str]:

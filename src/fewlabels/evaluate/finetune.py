@@ -33,7 +33,7 @@ from fewlabels.errors import UserError
 from fewlabels.evaluate.baselines import SupervisedModel, supervised_steps
 from fewlabels.methods.base import DataInfo
 from fewlabels.semi.base import FIXMATCH_RECIPE
-from fewlabels.semi.training import moving_average_decay, train_classifier
+from fewlabels.semi.training import TrainedClassifier, moving_average_decay, train_classifier
 
 FINETUNE_RECIPE = FIXMATCH_RECIPE
 FINETUNE_RECIPE_NOTE = ("FixMatch's recipe: SGD, Nesterov momentum 0.9, lr 0.03 for batches "
@@ -70,9 +70,16 @@ def finetune(
     trained = train_classifier(backbone_spec, data, labeled, method="supervised",
                                options=options, recipe=recipe, steps=steps,
                                init=backbone_state, seed=seed, device=device)
+    return trained_model(trained, data, device, seed=seed, labeled=len(labeled))
+
+
+def trained_model(trained: TrainedClassifier, data: DataInfo, device: str | torch.device,
+                  **settings: Any) -> SupervisedModel:
+    """A trained classifier (its moving average) as a model that predicts, in eval mode on
+    ``device``, with the training's settings and ``settings`` attached (the protocols'
+    rows record them)."""
     model = SupervisedModel(trained.network(), data.mean, data.std).to(torch.device(device))
-    model.settings = {**trained.settings(), "seed": seed, "labeled": len(labeled),
-                      "from": "pretrained backbone"}
+    model.settings = {**trained.settings(), **settings, "from": "pretrained backbone"}
     return model.eval()
 
 

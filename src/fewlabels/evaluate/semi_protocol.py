@@ -27,7 +27,7 @@ import torch
 from fewlabels.data.imageset import ImageSet
 from fewlabels.errors import UserError
 from fewlabels.evaluate.baselines import SupervisedModel
-from fewlabels.evaluate.finetune import check_backbone_state
+from fewlabels.evaluate.finetune import check_backbone_state, trained_model
 from fewlabels.methods.base import DataInfo
 from fewlabels.options import field_types, parse_text
 from fewlabels.semi.registry import SEMI_METHODS
@@ -100,12 +100,9 @@ def semi_protocol(
                                    unlabeled=unlabeled_pool(train, unlabeled, seed),
                                    options=chosen, steps=steps, init=backbone_state,
                                    seed=seed, device=device)
-        model = SupervisedModel(trained.network(), data.mean, data.std)
-        model = model.to(torch.device(device))
-        model.settings = {**trained.settings(), "seed": seed, "labeled": len(labeled),
-                          "from": "pretrained backbone", "unlabeled": unlabeled or len(train),
-                          **{name: value for name, value in chosen.items()
-                             if name != "ema_decay"}}
-        return model.eval()
+        return trained_model(trained, data, device, seed=seed, labeled=len(labeled),
+                             unlabeled=unlabeled or len(train),
+                             **{name: value for name, value in chosen.items()
+                                if name != "ema_decay"})
 
     return fit

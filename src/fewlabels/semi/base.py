@@ -152,6 +152,17 @@ class ClassifierMethod(Method):
         self.backbone.load_state_dict(state)
         self.reset_average_()
 
+    def start_(self, backbone_state: dict[str, torch.Tensor] | None,
+               labeled_images: torch.Tensor, labels: torch.Tensor) -> float | None:
+        """A new run's starting weights: the pretrained ``backbone_state`` when given
+        (``--init``), then with ``head_init="probe"`` the classifier fitted to the labeled
+        images' features. Returns that fit's training accuracy (``None`` without a probe)."""
+        if backbone_state is not None:
+            self.load_backbone_(backbone_state)
+        if self.config.head_init == "probe":
+            return self.fit_head_(labeled_images, labels)
+        return None
+
     @torch.no_grad()
     def reset_average_(self) -> None:
         """The moving average := the trained weights."""

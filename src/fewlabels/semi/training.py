@@ -107,17 +107,20 @@ def train_classifier(
     *,
     unlabeled: torch.Tensor | None = None,
     hidden_labels: torch.Tensor | None = None,
-    method: str = "supervised",
+    method: str | type[ClassifierMethod] = "supervised",
     options: dict[str, Any] | None = None,
     recipe: TrainingRecipe | None = None,
     steps: int | None = None,
+    budget_minutes: float | None = None,
     init: dict[str, torch.Tensor] | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> TrainedClassifier:
-    """Train classifier method ``method`` (a name in ``SEMI_METHODS``, with config
-    ``options``) on ``labeled`` and, for semi-supervised methods, the uint8 ``unlabeled``
-    images, on the engine's training loop; return it trained.
+    """Train classifier method ``method`` (a name in ``SEMI_METHODS``, or a
+    :class:`ClassifierMethod` subclass that is not registered, such as few-shot Baseline++'s
+    cosine classifier; with config ``options``) on ``labeled`` and, for semi-supervised
+    methods, the uint8 ``unlabeled`` images, on the engine's training loop; return it
+    trained.
 
     ``backbone`` is a backbone spec (as stored in run specs) or a freshly made backbone
     module, which the method then owns; ``init``, when given, is a pretrained backbone's
@@ -126,14 +129,16 @@ def train_classifier(
     features (as `fewlabels semi --head-init probe` does). ``data``
     describes the images (its normalisation is used as is: a pretrained backbone's own);
     ``num_classes`` is raised to cover the labels. ``recipe`` defaults to the method's;
-    ``steps`` replaces its epochs (rounded to whole epochs, see :func:`epochs_for_steps`).
+    ``steps`` replaces its epochs (rounded to whole epochs, see :func:`epochs_for_steps`);
+    ``budget_minutes`` stops training after that much wall-clock time (with ``steps``, the
+    schedules follow the steps; without, they follow the fraction of the budget spent).
     ``hidden_labels`` (aligned with ``unlabeled``) are only logged. The initial weights and the
     batches follow ``seed``; the global random state is left as it was. One device
     (``device``: cpu, cuda, mps), full precision.
     """
     if labeled.labels is None or len(labeled) == 0:
         raise UserError("training a classifier needs labeled images")
-    chosen = SEMI_METHODS.get(method)
+    chosen = method if isinstance(method, type) else SEMI_METHODS.get(method)
     recipe = recipe or chosen.recipe
     num_classes = max(data.num_classes, int(labeled.labels.max()) + 1)
     data = dataclasses.replace(data, num_classes=num_classes)
@@ -148,7 +153,7 @@ def train_classifier(
         epochs, _ = epochs_for_steps(steps, len(labeled), recipe.batch_size, ratio, len(images))
         recipe = recipe.replace(epochs=epochs)
     device = torch.device(device)
-    run_spec = {"kind": "classifier", "method": method,
+    run_spec = {"kind": "classifier", "method": chosen.name,
                 "backbone": backbone if isinstance(backbone, dict) else type(backbone).__name__}
     pixels = (1 + ratio) * recipe.batch_size * labeled.images[0].numel()
     with torch.random.fork_rng(devices=[]), tempfile.TemporaryDirectory() as folder, \
@@ -156,14 +161,12 @@ def train_classifier(
         torch.manual_seed(seed)
         network = backbone if isinstance(backbone, nn.Module) else _make_backbone(backbone, data)
         trained = chosen(network, config, data)
-        if init is not None:
-            trained.load_backbone_(init)
-        if config.head_init == "probe":
-            trained.fit_head_(labeled.images, labeled.labels)
+        trained.start_(init, labeled.images, labeled.labels)
         stream = LabeledStream(labeled.images, labeled.labels, ratio,
                                hidden_labels=hidden_labels if ratio else None)
         config_ = TrainConfig(
-            run_dir=Path(folder), recipe=recipe, seed=seed, epochs_given=True,
+            run_dir=Path(folder), recipe=recipe, seed=seed, budget_minutes=budget_minutes,
+            epochs_given=budget_minutes is None or steps is not None,
             accelerator=device.type, devices=1, precision="32-true", progress=False,
             tensorboard=False, checkpoint_minutes=math.inf, collapse_monitor=False)
         fabric = make_fabric(device.type, 1, 1, "32-true")
