@@ -1,0 +1,129 @@
+"""`fewlabels fewshot`: N-way K-shot classification of novel classes.
+
+The data's classes are split into base and novel (seeded, or chosen with --novel-classes);
+the method trains where it trains, on the base classes' labels only, and is tested on
+episodes drawn from the novel classes' test images. The result (mean accuracy with its 95%
+interval over the episodes, the class split, the settings) goes to ``OUT/result.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fewlabels.atomic import atomic_write_text
+from fewlabels.commands.arguments import (
+    DEFAULT_DATA,
+    add_backbone_options,
+    add_config_options,
+    add_data_options,
+    given_config_values,
+    number,
+    positive_int,
+)
+from fewlabels.commands.evaluate import evaluation_device
+from fewlabels.data import load_dataset
+from fewlabels.engine.checkpoint import load_checkpoint
+from fewlabels.errors import UserError
+from fewlabels.fewshot import (
+    FEWSHOT_METHODS,
+    NEEDS_INIT,
+    FewShotOptions,
+    chosen_split,
+    evaluate_method,
+    prepare_task,
+    split_classes,
+)
+
+OPTIONS = "fewshot_option"
+RESULT_NAME = "result.json"
+
+
+def add_parser(subparsers: Any, argv: list[str]) -> None:  # noqa: ARG001
+    parser = subparsers.add_parser(
+        "fewshot", help="N-way K-shot classification of novel classes, over episodes",
+        description="Split the data's classes into base and novel, train the method on the "
+                    "base classes' labels only (where it trains), and test it on N-way "
+                    "K-shot episodes of the novel classes' test images. Prints the mean "
+                    "accuracy with its 95% interval (1.96 std / sqrt(episodes)) and writes "
+                    f"OUT/{RESULT_NAME} with the class split and the settings. Methods: "
+                    + "; ".join(f"{name}: {FEWSHOT_METHODS.summary(name)}"
+                                for name in FEWSHOT_METHODS.names()) + ".")
+    parser.add_argument("--method", required=True,
+                        help=f"few-shot method: {', '.join(FEWSHOT_METHODS.names())}")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help=f"folder to write {RESULT_NAME} into")
+    parser.add_argument("--init", default=None, metavar="RUN",
+                        help="a fewlabels pretrain run folder: its features (--method "
+                             "features, required there) or the network the other methods "
+                             "start from (their backbone options are then ignored)")
+    episodes = parser.add_argument_group("episodes")
+    episodes.add_argument("--ways", type=number(int, 2), default=5,
+                          help="N: classes per episode (default 5)")
+    episodes.add_argument("--shots", type=positive_int, default=1,
+                          help="K: labeled support images per class (default 1)")
+    episodes.add_argument("--queries", type=positive_int, default=15,
+                          help="query images per class (default 15)")
+    episodes.add_argument("--episodes", type=positive_int, default=600,
+                          help="episodes to test on (default 600)")
+    episodes.add_argument("--novel-classes", default=None, metavar="NAMES",
+                          help="comma-separated novel classes (names or indices); every "
+                               "other class is base (default: --novel-count drawn with "
+                               "--seed)")
+    episodes.add_argument("--novel-count", type=positive_int, default=None,
+                          help="novel classes drawn with --seed (default half the classes)")
+    episodes.add_argument("--seed", type=number(int, 0), default=0,
+                          help="seed of the class split, the episodes and training "
+                               "(default 0)")
+    add_data_options(parser, f"the --init run's data, else {DEFAULT_DATA}")
+    add_backbone_options(parser, " (methods that train; ignored with --init)")
+    parser.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                        help="device to train and test on (default auto)")
+    add_config_options(parser, FewShotOptions, OPTIONS, "method options",
+                       defaults=FewShotOptions())
+
+
+def run(args: Any) -> dict[str, Any]:
+    if args.method not in FEWSHOT_METHODS:
+        FEWSHOT_METHODS.get(args.method)  # the one-line error listing the methods
+    if args.method in NEEDS_INIT and args.init is None:
+        raise UserError(f"--method {args.method} evaluates a pretraining run's features; give "
+                        "--init RUN (the folder of a fewlabels pretrain run)")
+    options = FewShotOptions(**given_config_values(args, OPTIONS))
+    options.check()
+    spec = args.data
+    if args.init is not None:
+        spec = spec or load_checkpoint(args.init)["run"]["data"]["spec"]
+    spec = spec or DEFAULT_DATA
+    class_names = _class_names(spec, args.on_corrupt)
+    if args.novel_classes is not None:
+        if args.novel_count is not None:
+            raise UserError("give --novel-classes or --novel-count, not both")
+        split = chosen_split(class_names, [item.strip() for item in
+                                           args.novel_classes.split(",") if item.strip()])
+    else:
+        split = split_classes(class_names, novel_count=args.novel_count, seed=args.seed)
+    backbone = {"name": args.backbone, "width": args.width, "depth": args.depth,
+                "patch_size": args.patch_size, "heads": args.heads,
+                "feature_dim": args.feature_dim}
+    task = prepare_task(spec, split, ways=args.ways, shots=args.shots, queries=args.queries,
+                        episodes=args.episodes, seed=args.seed, backbone=backbone,
+                        init_dir=args.init, image_size=args.image_size,
+                        base_images_per_class=options.base_images_per_class,
+                        on_corrupt=args.on_corrupt, device=evaluation_device(args.accelerator))
+    result = evaluate_method(args.method, task, options)
+    out = Path(args.out) / RESULT_NAME
+    record = result.to_dict()
+    atomic_write_text(out, json.dumps(record, indent=2) + "\n")
+    print(f"{result.summary_line()}; result in {out}")
+    return record
+
+
+def _class_names(spec: str, on_corrupt: str) -> list[str]:
+    """The class names of the data's labeled train part."""
+    train = load_dataset(spec, on_corrupt=on_corrupt).train
+    if train is None or train.labels is None or not train.class_names:
+        raise UserError(f"{spec} has no labeled images; few-shot episodes need labeled "
+                        "data (class subfolders, or a dataset with labels)")
+    return list(train.class_names)
