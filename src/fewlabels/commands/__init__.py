@@ -17,6 +17,7 @@ COMMANDS = {
     "semi": "fewlabels.commands.semi",
     "finetune": "fewlabels.commands.finetune",
     "adapt": "fewlabels.commands.adapt",
+    "active": "fewlabels.commands.active",
     "fewshot": "fewlabels.commands.fewshot",
     "predict": "fewlabels.commands.predict",
     "export": "fewlabels.commands.export",
