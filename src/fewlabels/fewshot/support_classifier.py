@@ -10,6 +10,7 @@ batched, and deterministic.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -43,20 +44,24 @@ class SupportClassifiers:
 
 def fit_support_classifiers(support: torch.Tensor, *, kind: ClassifierKind, steps: int,
                             learning_rate: float, weight_decay: float, scale: float = 1.0,
-                            generator: torch.Generator | None = None) -> SupportClassifiers:
+                            seeds: Sequence[int] | None = None) -> SupportClassifiers:
     """Fit one classifier per episode to support features ``[E, N, K, D]`` (class ``n`` has
     label ``n``), minimising per episode
 
         1/(N·K) Σ_{n,k} CE(logits(x_nk), n) + λ/2 ‖W‖²
 
     by ``steps`` full-batch Adam steps. Linear weights start at zero (the problem is convex);
-    cosine weights at small random vectors from ``generator`` (a zero vector has no
-    direction)."""
+    cosine weights at random vectors (a zero vector has no direction), episode ``e``'s drawn
+    from ``seeds[e]`` (default ``e``), so an episode's classifier does not depend on which
+    episodes share its batch."""
     episodes, ways, shots, dim = support.shape
     features = support.reshape(episodes, ways * shots, dim).detach()
     labels = torch.arange(ways, device=support.device).repeat_interleave(shots)
     if kind == "cosine":
-        weight = torch.randn(episodes, ways, dim, generator=generator).to(support.device)
+        seeds = range(episodes) if seeds is None else seeds
+        weight = torch.stack([
+            torch.randn(ways, dim, generator=torch.Generator().manual_seed(int(seed)))
+            for seed in seeds]).to(support.device)
         weight = (weight / dim ** 0.5).requires_grad_(True)
         parameters, bias = [weight], None
     elif kind == "linear":
@@ -87,14 +92,15 @@ def support_classifier_accuracies(features: torch.Tensor, episodes: Episodes, *,
                                   weight_decay: float, scale: float = 1.0,
                                   seed: int = 0) -> torch.Tensor:
     """Per-episode accuracy ``[E]`` of a classifier fitted to each episode's support rows of
-    the feature table ``[M, D]`` and tested on its query rows."""
-    generator = torch.Generator(device="cpu").manual_seed(seed)
+    the feature table ``[M, D]`` and tested on its query rows (cosine classifiers start from
+    random directions drawn from ``seed`` and the episode's index)."""
     accuracies = []
     for start in range(0, len(episodes), EPISODES_PER_CHUNK):
         chunk = episodes.chunk(start, start + EPISODES_PER_CHUNK)
         classifiers = fit_support_classifiers(
             features[chunk.support], kind=kind, steps=steps, learning_rate=learning_rate,
-            weight_decay=weight_decay, scale=scale, generator=generator)
+            weight_decay=weight_decay, scale=scale,
+            seeds=[seed * len(episodes) + index for index in range(start, start + len(chunk))])
         query = features[chunk.query].flatten(1, 2)  # [E, N·Q, D]
         accuracies.append(episode_accuracies(classifiers.logits(query), chunk))
     return torch.cat(accuracies)
