@@ -38,7 +38,7 @@ DEFAULT_SIMULATED_STRATEGIES = ["margin", "entropy", "bald", "core-set"]
 def add_parser(subparsers: Any, argv: list[str]) -> None:  # noqa: ARG001
     parser = subparsers.add_parser(
         "active", help="active learning: which images to label next (simulate, next)",
-        description="Active learning on a pretraining run's frozen features: the classifier "
+        description="Active learning on frozen features (a pretraining run's): the classifier "
                     "of every round is a linear probe with confidences calibrated by "
                     "temperature scaling. 'simulate' measures strategies on labeled data with "
                     "the labels hidden; 'next' proposes images for a person to label.")
