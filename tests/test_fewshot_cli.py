@@ -28,7 +28,7 @@ def _check_result(record, method, ways=3, shots=2, queries=3, episodes=12):
     assert len(record["settings"]["episodes_fingerprint"]) == 16
 
 
-@pytest.mark.parametrize("method", ["protonet", "baseline", "baseline++", "maml"])
+@pytest.mark.parametrize("method", ["protonet", "baseline", "baseline++", "maml", "finetune"])
 def test_each_training_method_runs_end_to_end(tmp_path, capsys, method):
     capsys.readouterr()
     assert main(["fewshot", "--method", method, *TINY, "--out", str(tmp_path)]) == 0
@@ -36,8 +36,10 @@ def test_each_training_method_runs_end_to_end(tmp_path, capsys, method):
     assert len(printed) == 1 and printed[0].startswith(f"{method}: 3-way 2-shot accuracy")
     record = _result(tmp_path)
     _check_result(record, method)
-    if method != "baseline" and method != "baseline++":
+    if method not in ("baseline", "baseline++", "finetune"):
         assert record["settings"]["method"]["training"]["steps"] == 3
+    if method == "finetune":
+        assert record["settings"]["method"]["from"] == "supervised training on the base classes"
 
 
 def test_first_order_maml_and_the_options_are_recorded(tmp_path):
@@ -76,6 +78,12 @@ def test_features_of_a_pretraining_run_and_protonet_started_from_it(run_dir, tmp
     record = _result(tmp_path / "protonet")
     assert record["class_split"]["novel_names"] == ["Trouser", "Sneaker", "Bag"]
     assert record["settings"]["backbone"]["width"] == 4
+    assert main(["fewshot", "--method", "finetune", "--init", str(run_dir), *TINY,
+                 "--finetune-layers", "2", "--finetune-steps", "2",
+                 "--out", str(tmp_path / "finetune")]) == 0
+    record = _result(tmp_path / "finetune")
+    assert record["settings"]["method"]["from"] == "pretraining run (no base-class training)"
+    assert record["settings"]["method"]["layers"] == "2"
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -87,6 +95,7 @@ def test_features_of_a_pretraining_run_and_protonet_started_from_it(run_dir, tmp
     (["--method", "features", "--init", "NOT_A_RUN"], "no checkpoint at NOT_A_RUN"),
     (["--method", "pixels", "--novel-classes", "Cat"], "unknown class 'Cat'"),
     (["--method", "maml", "--inner-steps", "0"], "--inner-steps must be at least 1"),
+    (["--method", "finetune", "--finetune-layers", "last"], "--finetune-layers must be all"),
 ])
 def test_bad_input_is_one_line_with_status_2(tmp_path, capsys, arguments, message):
     capsys.readouterr()

@@ -1,7 +1,7 @@
 """Few-shot classification of novel classes: a seeded split of the classes into base and
 novel, N-way K-shot episodes on the novel ones, and the methods (ProtoNet, Baseline and
-Baseline++, MAML, nearest class mean on a pretraining run's features or on raw pixels),
-registered by name in :data:`FEWSHOT_METHODS`.
+Baseline++, MAML, fine-tuning (transfer), nearest class mean on a pretraining run's
+features or on raw pixels), registered by name in :data:`FEWSHOT_METHODS`.
 
     split = split_classes(class_names, novel_count=5, seed=0)
     task = prepare_task("fashion-mnist", split, ways=5, shots=1, queries=15, episodes=600,
@@ -9,7 +9,7 @@ registered by name in :data:`FEWSHOT_METHODS`.
     result = evaluate_method("protonet", task, FewShotOptions(train_steps=2000))
 """
 
-from fewlabels.fewshot import baseline, features, maml, protonet  # noqa: F401 - registers
+from fewlabels.fewshot import baseline, features, finetune, maml, protonet  # noqa: F401 - registers
 from fewlabels.fewshot.classes import ClassSplit, chosen_split, split_classes
 from fewlabels.fewshot.config import FewShotOptions
 from fewlabels.fewshot.episodes import Episodes, EpisodeSampler, sample_episodes

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import nn
+
 from fewlabels.evaluate.features import extract_features
 from fewlabels.fewshot.config import FewShotOptions
 from fewlabels.fewshot.cosine import CosineSupervised
@@ -22,8 +24,11 @@ from fewlabels.fewshot.task import FewShotTask
 from fewlabels.semi.training import train_classifier
 
 
-def _baseline(task: FewShotTask, options: FewShotOptions, kind: ClassifierKind
-              ) -> MethodOutcome:
+def train_on_base_classes(task: FewShotTask, options: FewShotOptions, kind: ClassifierKind
+                          ) -> tuple[nn.Module, dict[str, Any]]:
+    """A classifier (linear or cosine) trained on the base classes from
+    :meth:`~fewlabels.fewshot.task.FewShotTask.new_backbone`; its backbone (the moving
+    average, eval mode) and the training's settings."""
     steps, minutes = options.training_length()
     cosine = kind == "cosine"
     trained = train_classifier(
@@ -31,7 +36,13 @@ def _baseline(task: FewShotTask, options: FewShotOptions, kind: ClassifierKind
         method=CosineSupervised if cosine else "supervised",
         options={"cosine_scale": options.cosine_scale} if cosine else None,
         steps=steps, budget_minutes=minutes, seed=task.seed, device=task.device)
-    backbone = trained.network().backbone
+    return trained.network().backbone.eval(), trained.settings()
+
+
+def _baseline(task: FewShotTask, options: FewShotOptions, kind: ClassifierKind
+              ) -> MethodOutcome:
+    backbone, training = train_on_base_classes(task, options, kind)
+    cosine = kind == "cosine"
     features = extract_features(backbone, task.novel.images, task.data.mean, task.data.std,
                                 device=task.device)
     accuracies = support_classifier_accuracies(
@@ -39,7 +50,7 @@ def _baseline(task: FewShotTask, options: FewShotOptions, kind: ClassifierKind
         learning_rate=options.support_lr, weight_decay=options.support_weight_decay,
         scale=options.cosine_scale, seed=task.seed)
     settings: dict[str, Any] = {
-        "training": trained.settings(), "classifier": kind,
+        "training": training, "classifier": kind,
         "support_steps": options.support_steps, "support_lr": options.support_lr,
         "support_weight_decay": options.support_weight_decay}
     if cosine:

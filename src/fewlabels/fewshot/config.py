@@ -50,6 +50,15 @@ class FewShotOptions:
         False, "MAML: first-order approximation (no second derivatives through the inner "
         "steps; Finn et al.'s FOMAML)")
     meta_batch: int = option(4, "MAML: tasks (episodes) per outer step")
+    finetune_layers: str = option(
+        "all", "finetune: what trains on each support set besides the new classifier: all "
+        "(the whole backbone), head (the classifier only) or a number N (the backbone's last "
+        "N layers, a layer being a convolution or linear map with its normalisation)")
+    finetune_steps: int = option(
+        50, "finetune: full-batch Adam steps on each episode's support images")
+    finetune_lr: float = option(
+        1e-4, "finetune: Adam's learning rate of the backbone layers that train (the "
+        "classifier, fitted first on frozen features, trains at --support-lr)")
     feature_normalization: Literal["none", "l2"] = option(
         "none", "nearest class mean (features, pixels, protonet): compare features as they "
         "are, or scaled to unit length (l2)")
@@ -73,6 +82,11 @@ class FewShotOptions:
              "--inner-steps must be at least 1 and --test-inner-steps at least 0"),
             (self.inner_lr > 0, "--inner-lr must be more than 0"),
             (self.meta_batch >= 1, "--meta-batch must be at least 1"),
+            (self.finetune_layers in ("all", "head") or (self.finetune_layers.isdigit()
+                                                       and int(self.finetune_layers) >= 1),
+             "--finetune-layers must be all, head or a number of layers of at least 1"),
+            (self.finetune_steps >= 0, "--finetune-steps must be at least 0"),
+            (self.finetune_lr > 0, "--finetune-lr must be more than 0"),
         ])
 
     def training_length(self) -> tuple[int | None, float | None]:
