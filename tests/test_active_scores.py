@@ -24,6 +24,8 @@ from fewlabels.active import (
     vote_entropy,
 )
 from fewlabels.active.scores import chunked_disagreement
+from fewlabels.active.strategies import SWITCH_LABELS_PER_CLASS
+from fewlabels.active.typiclust import typicality, typiclust
 from fewlabels.evaluate.linear_probe import FeaturePreprocessing
 
 TABLE = torch.tensor([[0.7, 0.2, 0.1],
@@ -193,3 +195,53 @@ def test_temperature_scaling_recovers_the_temperature_and_lowers_the_error():
     before = expected_calibration_error(overconfident.softmax(1), labels)
     after = expected_calibration_error((overconfident / temperature).softmax(1), labels)
     assert before > 0.15 and after < 0.03
+
+
+# --- TypiClust ----------------------------------------------------------------------------
+
+def test_typicality_is_the_inverse_mean_distance_to_the_nearest_neighbours():
+    points = torch.tensor([[0.0], [1.0], [3.0], [7.0]])
+    # 2 nearest others: 0 -> {1, 3}: mean 2; 1 -> {0, 3}... distances 1, 2: mean 1.5;
+    # 3 -> {1, 0}: 2, 3: mean 2.5; 7 -> {3, 1}: 4, 6: mean 5
+    expected = torch.tensor([1 / 2, 1 / 1.5, 1 / 2.5, 1 / 5])
+    assert torch.allclose(typicality(points, neighbours=2), expected)
+
+
+def test_typiclust_labels_the_dense_centre_of_each_uncovered_cluster_largest_first():
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [20.0, 0.0], [0.0, 20.0]])
+    sizes = [60, 40, 20]
+    blobs = [centre + torch.randn(size, 2, generator=generator)
+             for centre, size in zip(centres, sizes, strict=True)]
+    points = torch.cat(blobs)
+    owner = torch.cat([torch.full((size,), index) for index, size in enumerate(sizes)])
+    picks = typiclust(points, torch.zeros(0, dtype=torch.long), 3,
+                      generator=torch.Generator().manual_seed(1))
+    assert owner[picks].tolist() == [0, 1, 2]  # one per blob, the largest blob first
+    for pick, blob in zip(picks.tolist(), range(3), strict=True):
+        members = (owner == blob).nonzero().flatten()
+        assert pick == int(members[typicality(points[members]).argmax()])
+    # with the first blob labeled, the next pick goes to the blobs no label covers
+    more = typiclust(points, picks[:1], 2, generator=torch.Generator().manual_seed(1))
+    assert sorted(owner[more].tolist()) == [1, 2]
+
+
+def test_typiclust_then_margin_switches_at_the_labels_per_class_it_names():
+    generator = torch.Generator().manual_seed(3)
+    features = torch.randn(200, 6, generator=generator)
+    labels = (features[:, 0] > 0).long() + (features[:, 1] > 0).long()
+    preprocessing = FeaturePreprocessing.fit(features)
+    prepared = preprocessing(features)
+    switch = SWITCH_LABELS_PER_CLASS * 3
+    for labeled_count, expected in ((switch - 1, "typiclust"), (switch, "margin")):
+        labeled = torch.arange(labeled_count)
+        classifier = fit_round_classifier(features[labeled], labels[labeled], num_classes=3,
+                                          preprocessing=preprocessing)
+
+        def picks(strategy, labeled=labeled, classifier=classifier):
+            return query(strategy, features=features, labeled=labeled, batch=5,
+                         classifier=classifier, prepared=prepared,
+                         generator=torch.Generator().manual_seed(0))
+
+        assert not torch.equal(picks("typiclust"), picks("margin"))  # the test can tell
+        assert torch.equal(picks("typiclust-then-margin"), picks(expected)), labeled_count

@@ -4,6 +4,8 @@
   margin, entropy, BALD, vote entropy, mean KL to the consensus);
 - :mod:`~fewlabels.active.coreset`: greedy k-centre (core-set) on features;
 - :mod:`~fewlabels.active.cold_start`: the first batch with no labels, from k-means clusters;
+- :mod:`~fewlabels.active.typiclust`: TypiClust, typical images of the uncovered clusters
+  (small budgets);
 - :mod:`~fewlabels.active.batch`: batches spread over the most informative candidates;
 - :mod:`~fewlabels.active.calibration`: temperature scaling and the expected calibration error;
 - :mod:`~fewlabels.active.classifier`: each round's calibrated linear probe, its dropout
@@ -38,11 +40,12 @@ from fewlabels.active.scores import (
 )
 from fewlabels.active.simulate import FIRST_BATCHES, label_schedule, simulate_curve
 from fewlabels.active.strategies import STRATEGIES, QueryOptions, query
+from fewlabels.active.typiclust import typicality, typiclust
 
 __all__ = [
     "FIRST_BATCHES", "STRATEGIES", "ActiveResults", "QueryOptions", "RoundClassifier", "bald",
     "cold_start", "diverse_batch", "entropy", "expected_calibration_error",
     "fit_round_classifier", "fit_temperature", "k_centre_greedy", "label_schedule",
     "labels_to_reach", "least_confidence", "margin", "mean_kl_to_consensus", "query",
-    "simulate_curve", "vote_entropy",
+    "simulate_curve", "typicality", "typiclust", "vote_entropy",
 ]

@@ -12,6 +12,11 @@ positions, never positions inside the unlabeled subset (the confusion of baal-or
 - ``vote-entropy``, ``mean-kl``: disagreement of a committee of probes fitted on bootstrap
   resamples of the labeled images.
 - ``core-set``: greedy k-centre on the prepared features (no classifier needed).
+- ``typiclust``: the most typical image of each of the largest clusters no label covers
+  (:mod:`fewlabels.active.typiclust`; no classifier needed), for small budgets.
+- ``typiclust-then-margin``: TypiClust below :data:`SWITCH_LABELS_PER_CLASS` labels per class,
+  margin from there on: Hacohen et al. 2022 found typicality best at small budgets and
+  uncertainty at large ones, and so did ``bench/active_curves.py`` (docs/benchmarks.md).
 
 The score-based strategies spread their batch with :func:`fewlabels.active.batch.diverse_batch`
 (``diversity_factor`` 1 turns that off). Features for distances are the probe's prepared ones
@@ -43,6 +48,7 @@ from fewlabels.active.scores import (
     mean_kl_to_consensus,
     vote_entropy,
 )
+from fewlabels.active.typiclust import typiclust
 
 UNCERTAINTY_SCORES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "least-confidence": least_confidence,
@@ -53,9 +59,14 @@ COMMITTEE_SCORES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "vote-entropy": vote_entropy,
     "mean-kl": mean_kl_to_consensus,
 }
-STRATEGIES = ("random", *UNCERTAINTY_SCORES, "bald", *COMMITTEE_SCORES, "core-set")
+STRATEGIES = ("random", *UNCERTAINTY_SCORES, "bald", *COMMITTEE_SCORES, "core-set",
+              "typiclust", "typiclust-then-margin")
+# Where typiclust-then-margin switches: on the 10-minute SimCLR features of Fashion-MNIST
+# margin overtook TypiClust between 14 and 16 labels per class on split seeds 0 and 1
+# (bench/active_curves.py, eighth session).
+SWITCH_LABELS_PER_CLASS = 15
 # strategies that need no classifier (and so work before any label is known)
-NEEDS_NO_CLASSIFIER = ("random", "core-set")
+NEEDS_NO_CLASSIFIER = ("random", "core-set", "typiclust")
 
 
 @dataclass
@@ -135,6 +146,11 @@ def query(
         return unlabeled[order[:batch]]
     if strategy == "core-set":
         return k_centre_greedy(prepared, labeled, batch, candidates=unlabeled)
+    if strategy == "typiclust-then-margin":
+        few = classifier is None or len(labeled) < SWITCH_LABELS_PER_CLASS * classifier.num_classes
+        strategy = "typiclust" if few else "margin"
+    if strategy == "typiclust":
+        return typiclust(prepared, labeled, batch, generator=generator)
     if classifier is None:
         raise ValueError(f"strategy {strategy!r} needs a classifier")
     scores = pool_scores(strategy, classifier, features[unlabeled], generator, options)
