@@ -4,8 +4,10 @@ pretraining runs.
 
 Each cell is one `fewlabels fewshot` run into ``OUT/ROW/SHOTSshot``; a cell with a
 ``result.json`` is read, not rerun, so the table fills over several sessions. Rows: raw
-pixels, ProtoNet, Baseline, Baseline++, MAML (second and first order), and for every
-``--init`` run the nearest class mean on its features, as they are and L2-normalised. Every
+pixels, ProtoNet, Baseline, Baseline++, MAML (second and first order), fine-tuning from
+supervised training on the base classes, and for every ``--init`` run the nearest class mean
+on its features (as they are and L2-normalised) and fine-tuning from it (the whole backbone,
+and the new classifier alone) when the ``finetune`` row is asked for. Every
 cell uses the same class split and episodes (``--seed``); methods that train get
 ``--minutes`` of training on the base classes. At the end the Markdown table is printed and
 ``OUT/table.json`` written.
@@ -41,8 +43,9 @@ METHOD_ROWS: dict[str, tuple[str, list[str]]] = {
     "baseline++": ("baseline++", []),
     "maml": ("maml", []),
     "maml-first-order": ("maml", ["--first-order", "true"]),
+    "finetune": ("finetune", []),
 }
-TRAINED = {"protonet", "baseline", "baseline++", "maml"}
+TRAINED = {"protonet", "baseline", "baseline++", "maml", "finetune"}
 
 
 def rows(args: argparse.Namespace) -> dict[str, tuple[str, list[str]]]:
@@ -55,6 +58,10 @@ def rows(args: argparse.Namespace) -> dict[str, tuple[str, list[str]]]:
         chosen[f"features {name}"] = ("features", ["--init", init])
         chosen[f"features {name} (l2)"] = ("features", ["--init", init,
                                                          "--feature-normalization", "l2"])
+        if "finetune" in args.rows:  # transfer from the run, beside transfer from base classes
+            chosen[f"finetune {name}"] = ("finetune", ["--init", init])
+            chosen[f"finetune {name} (head)"] = ("finetune", ["--init", init,
+                                                              "--finetune-layers", "head"])
     return chosen
 
 

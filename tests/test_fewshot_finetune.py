@@ -8,9 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from fewlabels.data.imageset import ImageSet
 from fewlabels.evaluate.features import extract_features
-from fewlabels.fewshot import FewShotOptions, FewShotTask, sample_episodes, split_classes
+from fewlabels.fewshot import FewShotOptions
 from fewlabels.fewshot.finetune import (
     fine_tuned,
     finetune_accuracies,
@@ -18,8 +17,8 @@ from fewlabels.fewshot.finetune import (
     trainable_layers,
 )
 from fewlabels.fewshot.support_classifier import support_classifier_accuracies
-from fewlabels.fewshot.task import base_part, novel_part
-from fewlabels.runs import backbone_spec, data_info, make_backbone
+from fewlabels.runs import make_backbone
+from fewshot_tasks import tiny_task
 
 
 def _network() -> nn.Sequential:
@@ -40,26 +39,10 @@ def test_layers_are_maps_with_their_normalisation_and_the_choice_takes_the_last_
     assert len(trainable_layers(network, "9")) == 10  # more than there are: all of them
 
 
-def _tiny_task() -> FewShotTask:
-    generator = torch.Generator().manual_seed(0)
-    names = [f"c{index}" for index in range(6)]
-    labels = torch.arange(6).repeat(8)
-    images = torch.randint(0, 256, (len(labels), 1, 8, 8), generator=generator,
-                           dtype=torch.uint8)
-    images[:, :, :4] //= (labels.view(-1, 1, 1, 1) + 1).to(torch.uint8)  # classes differ
-    everything = ImageSet(images, labels, names)
-    split = split_classes(names, seed=0)
-    base, novel = base_part(everything, split, None, 0), novel_part(everything, split)
-    episodes = sample_episodes(novel.labels, split.novel, ways=3, shots=2, queries=2,
-                               episodes=4, seed=0)
-    return FewShotTask(split, base, novel, episodes, data_info(base, len(split.base)),
-                       backbone_spec("convnet", 2, 1, 8, feature_dim=0), seed=0)
-
-
 def test_zero_steps_give_the_baselines_support_classifier():
     """Fine-tuning starts from the Baseline's classifier on the frozen features: with no
     fine-tuning step every episode's accuracy is the Baseline rule's."""
-    task = _tiny_task()
+    task = tiny_task(ways=3, shots=2, queries=2, episodes=4)
     torch.manual_seed(0)
     backbone = make_backbone(task.backbone, task.data).eval()
     options = FewShotOptions(finetune_steps=0, support_steps=30)

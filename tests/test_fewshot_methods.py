@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewlabels.data.imageset import ImageSet
-from fewlabels.fewshot import FewShotOptions, FewShotTask, sample_episodes, split_classes
+from fewlabels.fewshot import FewShotOptions
 from fewlabels.fewshot import maml as maml_module
 from fewlabels.fewshot.cosine import CosineClassifier, CosineSupervised, cosine_logits
 from fewlabels.fewshot.maml import (
@@ -22,9 +22,9 @@ from fewlabels.fewshot.maml import (
     meta_train,
 )
 from fewlabels.fewshot.support_classifier import fit_support_classifiers
-from fewlabels.fewshot.task import base_part, novel_part
 from fewlabels.runs import backbone_spec, data_info, make_backbone
 from fewlabels.semi.base import ClassifierConfig
+from fewshot_tasks import tiny_task
 
 
 def test_cosine_logits_by_hand():
@@ -131,29 +131,12 @@ def test_second_order_meta_gradient_adds_the_hessian_term_first_order_leaves_it_
     assert (results[True] - results[False]).abs().max() > 1e-3
 
 
-def _tiny_task(ways: int = 2) -> FewShotTask:
-    generator = torch.Generator().manual_seed(0)
-    names = [f"c{index}" for index in range(6)]
-    labels = torch.arange(6).repeat(8)
-    images = torch.randint(0, 256, (len(labels), 1, 8, 8), generator=generator,
-                           dtype=torch.uint8)
-    images[:, :, :4] //= (labels.view(-1, 1, 1, 1) + 1).to(torch.uint8)  # classes differ
-    everything = ImageSet(images, labels, names)
-    split = split_classes(names, seed=0)
-    base, novel = base_part(everything, split, None, 0), novel_part(everything, split)
-    episodes = sample_episodes(novel.labels, split.novel, ways=ways, shots=1, queries=2,
-                               episodes=5, seed=0)
-    data = data_info(base, len(split.base))
-    return FewShotTask(split, base, novel, episodes, data,
-                       backbone_spec("convnet", 2, 1, 8, feature_dim=0), seed=0)
-
-
 @pytest.mark.parametrize("first_order", [False, True])
 def test_maml_memory_stays_bounded_over_meta_steps(monkeypatch, first_order):
     """learn2learn#284: graphs kept across episodes grew memory until out-of-memory. Here
     the live tensors after meta-step 3 and after meta-step 12 are as many, and no gradient
     carries a graph."""
-    task = _tiny_task()
+    task = tiny_task()
     network = MamlNetwork(task.new_backbone(), 2)
     counts, steps = [], []
     real_loop = maml_module.train_episodically
@@ -183,7 +166,7 @@ def test_maml_memory_stays_bounded_over_meta_steps(monkeypatch, first_order):
 
 
 def test_maml_test_episodes_change_neither_weights_nor_statistics_and_queries_do_not_mix():
-    task = _tiny_task()
+    task = tiny_task()
     network = MamlNetwork(task.new_backbone(), 2)
     network.train()(task.normalized(task.base.images))  # running statistics off their start
     before = {name: value.clone() for name, value in network.state_dict().items()}

@@ -10,7 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from fewlabels.active.results import ActiveResults
-from fewlabels.atomic import atomic_output
+from fewlabels.report.figures import save_png
 
 
 def plot_active_curves(results: ActiveResults, path: str | os.PathLike[str], *,
@@ -41,8 +41,4 @@ def plot_active_curves(results: ActiveResults, path: str | os.PathLike[str], *,
     if results.curves:
         axes.legend(fontsize=8, loc="lower right")
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as stream:
-        figure.savefig(stream, format="png")
-    return path
+    return save_png(figure, path)

@@ -20,7 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import nn
 
-from fewlabels.atomic import atomic_output
+from fewlabels.report.figures import save_png
 
 
 @torch.no_grad()
@@ -86,7 +86,4 @@ def draw_attention(image: torch.Tensor, maps: torch.Tensor, path: str | os.PathL
     if title:
         figure.suptitle(title, fontsize=8)
     figure.tight_layout()
-    path = Path(path)
-    with atomic_output(path) as stream:
-        figure.savefig(stream, format="png")
-    return path
+    return save_png(figure, path)

@@ -16,7 +16,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from fewlabels.atomic import atomic_output
+from fewlabels.report.figures import save_png
 
 CAPTION_WIDTH = 140  # pixels left of the images, for the cluster's number, size and caption
 TITLE_HEIGHT = 32
@@ -118,8 +118,4 @@ def draw_cluster_grid(
         figure.text(0.5, 1 - TITLE_HEIGHT / 2 / height, title, ha="center", va="center",
                     fontsize=11)
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as stream:
-        figure.savefig(stream, format="png", dpi=DPI)
-    return path
+    return save_png(figure, path, DPI)

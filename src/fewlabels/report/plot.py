@@ -8,8 +8,8 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from fewlabels.atomic import atomic_output
 from fewlabels.evaluate.table import Results
+from fewlabels.report.figures import save_png
 
 _LINE_STYLES = {"knn": ":", "linear": "-", "finetune": "-.", "semi": (0, (5, 1, 1, 1)),
                 "supervised": "--"}
@@ -72,9 +72,5 @@ def plot_label_efficiency(
         axes.legend(fontsize=8, loc="lower right")
     figure.tight_layout()
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as stream:
-        figure.savefig(stream, format="png")
-    return path
+    return save_png(figure, path)
 

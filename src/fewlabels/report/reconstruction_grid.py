@@ -14,8 +14,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from fewlabels.atomic import atomic_output
 from fewlabels.report.cluster_grid import DPI, GAP, TITLE_HEIGHT, tile_scale
+from fewlabels.report.figures import save_png
 
 LABEL_WIDTH = 120  # pixels left of the images, for each row's name
 MIN_WIDTH = 480  # room for a title of two lines of about 80 characters
@@ -65,8 +65,4 @@ def draw_reconstruction_grid(rows: dict[str, torch.Tensor], path: str | os.PathL
     if title:
         figure.text(0.5, 1 - TITLE_HEIGHT / 2 / height, title, ha="center", va="center",
                     fontsize=9 if "\n" in title else 10, linespacing=1.1)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as stream:
-        figure.savefig(stream, format="png", dpi=DPI)
-    return path
+    return save_png(figure, path, DPI)
