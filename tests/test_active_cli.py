@@ -226,3 +226,18 @@ def test_ids_stay_with_their_images_when_the_pool_order_changes(folder, tmp_path
     second = [r for r in _rows(state / "to-label-002.csv")[1:]]
     assert not {r[0] for r in second} & asked
     assert all(r[3] == truth[r[0]] for r in second)
+
+
+def test_a_folder_without_class_names_is_refused_before_any_feature_is_extracted(
+        folder, tmp_path, capsys, monkeypatch):
+    import fewlabels.active.pool as pool_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("features extracted before the classes were checked")
+
+    monkeypatch.setattr(pool_module.FeatureSource, "__call__", refuse)
+    root, _ = folder
+    assert _next(root, tmp_path / "state") == 2
+    error = capsys.readouterr().err.strip()
+    assert "fewer than 2 classes" in error and "--classes" in error and "\n" not in error
+    assert not (tmp_path / "state" / "state.json").exists()

@@ -100,11 +100,15 @@ def propose_next(
     init = init or (state.init if state else None)
     strategy = strategy or (state.strategy if state else DEFAULT_STRATEGY)
     source: FeatureSource = source_for(init)
-    pool, data_classes = load_pool(spec, source, on_corrupt)
+
+    def check_classes(data_classes: list[str]) -> None:  # before the features are extracted
+        known = merged_class_names(state.class_names if state else [], data_classes, classes)
+        if len(known) < 2:
+            raise UserError(f"{spec} names fewer than 2 classes; give the class names with "
+                            "--classes NAME,NAME,...")
+
+    pool, data_classes = load_pool(spec, source, on_corrupt, check_classes)
     class_names = merged_class_names(state.class_names if state else [], data_classes, classes)
-    if len(class_names) < 2:
-        raise UserError(f"{spec} names fewer than 2 classes; give the class names with "
-                        "--classes NAME,NAME,...")
     if state is None:
         state = ActiveState(data=spec, class_names=class_names, seed=seed)
     given = {**state.labels, **new_labels}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,14 +106,18 @@ def ids_digest(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()
 
 
-def load_pool(spec: str, source: FeatureSource, on_corrupt: str = "skip"
+def load_pool(spec: str, source: FeatureSource, on_corrupt: str = "skip",
+              check_classes: Callable[[list[str]], None] | None = None
               ) -> tuple[Pool, list[str]]:
     """The pool of ``spec``: its train and unlabeled parts (a test part is never asked
-    about), with features from ``source``; and the data's class names."""
+    about), with features from ``source``; and the data's class names. ``check_classes``
+    sees the class names before any feature is extracted (and may refuse them)."""
     bundle = load_dataset(spec, image_size=source.image_size, on_corrupt=on_corrupt)
     parts = {name: images for name, images in bundle.parts().items() if name != "test"}
     if not parts or not any(len(images) for images in parts.values()):
         raise UserError(f"{spec} has no images to label")
+    if check_classes is not None:
+        check_classes([c for images in parts.values() for c in images.class_names])
     class_names: list[str] = []
     ids, paths, features, data_labels = [], [], [], {}
     root = Path(spec.split(":", 1)[1]) if spec.startswith("folder:") else None
