@@ -32,7 +32,7 @@ from fewlabels.data.labeled import train_and_test
 from fewlabels.errors import UserError
 from fewlabels.evaluate.linear_probe import FeaturePreprocessing
 
-DEFAULT_SIMULATED_STRATEGIES = ["margin", "entropy", "bald", "core-set"]
+DEFAULT_SIMULATED_STRATEGIES = ["margin", "typiclust", "typiclust-then-margin", "core-set"]
 
 
 def add_parser(subparsers: Any, argv: list[str]) -> None:  # noqa: ARG001
