@@ -7,9 +7,8 @@
 - :mod:`~fewlabels.active.typiclust`: TypiClust, typical images of the uncovered clusters
   (small budgets);
 - :mod:`~fewlabels.active.batch`: batches spread over the most informative candidates;
-- :mod:`~fewlabels.active.calibration`: temperature scaling and the expected calibration error;
-- :mod:`~fewlabels.active.classifier`: each round's calibrated linear probe, its dropout
-  samples and its committee;
+- :mod:`~fewlabels.active.classifier`: each round's linear probe, calibrated by temperature
+  scaling (:mod:`fewlabels.evaluate.calibration`), its dropout samples and its committee;
 - :mod:`~fewlabels.active.strategies`: the strategies by name;
 - :mod:`~fewlabels.active.simulate` and :mod:`~fewlabels.active.results`: the simulated loop
   and its curves over seeds;
@@ -22,10 +21,6 @@ Typical use (simulated, on a run's cached features)::
 """
 
 from fewlabels.active.batch import diverse_batch
-from fewlabels.active.calibration import (
-    expected_calibration_error,
-    fit_temperature,
-)
 from fewlabels.active.classifier import RoundClassifier, fit_round_classifier
 from fewlabels.active.cold_start import cold_start
 from fewlabels.active.coreset import k_centre_greedy
@@ -41,6 +36,10 @@ from fewlabels.active.scores import (
 from fewlabels.active.simulate import FIRST_BATCHES, label_schedule, simulate_curve
 from fewlabels.active.strategies import STRATEGIES, QueryOptions, query
 from fewlabels.active.typiclust import typicality, typiclust
+from fewlabels.evaluate.calibration import (
+    expected_calibration_error,
+    fit_temperature,
+)
 
 __all__ = [
     "FIRST_BATCHES", "STRATEGIES", "ActiveResults", "QueryOptions", "RoundClassifier", "bald",

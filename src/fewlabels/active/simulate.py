@@ -18,10 +18,10 @@ from itertools import pairwise
 
 import torch
 
-from fewlabels.active.calibration import expected_calibration_error
 from fewlabels.active.classifier import fit_round_classifier
 from fewlabels.active.cold_start import cold_start
 from fewlabels.active.strategies import STRATEGIES, QueryOptions, query
+from fewlabels.evaluate.calibration import expected_calibration_error
 from fewlabels.evaluate.linear_probe import FeaturePreprocessing
 
 FIRST_BATCHES = ("random", "cold-start")
