@@ -8,7 +8,7 @@
   (small budgets);
 - :mod:`~fewlabels.active.batch`: batches spread over the most informative candidates;
 - :mod:`~fewlabels.active.classifier`: each round's linear probe, calibrated by temperature
-  scaling (:mod:`fewlabels.evaluate.calibration`), its dropout samples and its committee;
+  scaling (:mod:`fewlabels.calibration`), its dropout samples and its committee;
 - :mod:`~fewlabels.active.strategies`: the strategies by name;
 - :mod:`~fewlabels.active.simulate` and :mod:`~fewlabels.active.results`: the simulated loop
   and its curves over seeds;
@@ -36,7 +36,7 @@ from fewlabels.active.scores import (
 from fewlabels.active.simulate import FIRST_BATCHES, label_schedule, simulate_curve
 from fewlabels.active.strategies import STRATEGIES, QueryOptions, query
 from fewlabels.active.typiclust import typicality, typiclust
-from fewlabels.evaluate.calibration import (
+from fewlabels.calibration import (
     expected_calibration_error,
     fit_temperature,
 )

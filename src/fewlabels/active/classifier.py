@@ -3,7 +3,7 @@ confidences calibrated, and the sampled predictions BALD and the committee score
 
 Each round the probe (:func:`fewlabels.evaluate.linear_probe.linear_probe`, weight decay chosen
 by cross-validation inside the labeled images) is fitted on the labeled images' features. Its
-temperature (:mod:`fewlabels.evaluate.calibration`) is fitted on *out-of-fold* logits: every
+temperature (:mod:`fewlabels.calibration`) is fitted on *out-of-fold* logits: every
 labeled image is scored by a probe fitted without it, at the chosen decay. A temperature
 fitted on the probe's own training images would see logits it was fitted to and come out too
 small (over-confident). With a single label in some class there is no fold to leave out and
@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fewlabels.calibration import calibrated_probabilities, fit_temperature
 from fewlabels.data.splits import stratified_folds
-from fewlabels.evaluate.calibration import calibrated_probabilities, fit_temperature
 from fewlabels.evaluate.linear_probe import (
     FeaturePreprocessing,
     ProbeResult,

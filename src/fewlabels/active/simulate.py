@@ -21,7 +21,7 @@ import torch
 from fewlabels.active.classifier import fit_round_classifier
 from fewlabels.active.cold_start import cold_start
 from fewlabels.active.strategies import STRATEGIES, QueryOptions, query
-from fewlabels.evaluate.calibration import expected_calibration_error
+from fewlabels.calibration import expected_calibration_error
 from fewlabels.evaluate.linear_probe import FeaturePreprocessing
 
 FIRST_BATCHES = ("random", "cold-start")
