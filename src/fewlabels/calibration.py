@@ -70,15 +70,22 @@ def expected_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor
     their mean confidence (Naeini et al. 2015; Guo et al. 2017, eq. 3). ``probabilities`` is
     ``[N, C]``; 0.0 for no images.
     """
-    if len(labels) == 0:
-        return 0.0
     confidences, predictions = probabilities.float().max(dim=1)
-    right = (predictions == labels.long()).float()
+    return confidence_calibration_error(confidences, predictions == labels.long(), bins)
+
+
+def confidence_calibration_error(confidences: torch.Tensor, right: torch.Tensor,
+                                 bins: int = DEFAULT_BINS) -> float:
+    """:func:`expected_calibration_error` from each image's confidence ``[N]`` (the
+    probability of its predicted class) and whether that prediction is ``right`` ``[N]``."""
+    if len(right) == 0:
+        return 0.0
+    confidences, right = confidences.float(), right.float()
     # bin b holds (b/bins, (b+1)/bins]: ceil(confidence * bins) - 1, clamped into range
     index = (torch.ceil(confidences * bins).long() - 1).clamp(0, bins - 1)
     accuracy_sums = torch.bincount(index, weights=right, minlength=bins)
     confidence_sums = torch.bincount(index, weights=confidences, minlength=bins)
-    return ((accuracy_sums - confidence_sums).abs().sum() / len(labels)).item()
+    return ((accuracy_sums - confidence_sums).abs().sum() / len(right)).item()
 
 
 def calibrated_probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -14,7 +14,11 @@ order. Columns:
 - ``label``: the true class, when the data has labels (empty for images without one).
 
 The probabilities are the softmax of the network the run evaluates (the moving average of its
-weights), not calibrated: a confidence of 0.9 need not be right 9 times in 10.
+weights). A run trained with ``--calibration-per-class N`` held N labeled images per class out
+of training and fitted a temperature ``T`` on them (Guo et al. 2017): its probabilities are
+``softmax(logits / T)``, calibrated, so that among images given confidence 0.9 about 9 in 10
+are right; the predicted class is the same either way. Without held-out labels they are the
+plain softmax, over-confident as a rule, and the summary line says so.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 import torch
 
 from fewlabels.atomic import atomic_write_text
+from fewlabels.calibration import confidence_calibration_error
 from fewlabels.commands.arguments import DATA_HELP, positive_int
 from fewlabels.commands.evaluate import evaluation_device
 from fewlabels.data import load_dataset
@@ -50,7 +55,9 @@ def add_parser(subparsers: Any, argv: list[str]) -> None:  # noqa: ARG001
                     "prediction and confidence: id (a folder's file path, else PART/INDEX), "
                     "part, prediction, confidence, with --top K the next classes and their "
                     "probabilities, and label where the image has one. Confidences are the "
-                    "softmax of the run's moving-average network, not calibrated.")
+                    "softmax of the run's moving-average network, calibrated by the "
+                    "temperature the run fitted on held-out labels when it was trained with "
+                    "--calibration-per-class.")
     parser.add_argument("--checkpoint", required=True, metavar="RUN_DIR",
                         help="run folder (or checkpoint.pt) of fewlabels semi or finetune")
     parser.add_argument("--data", default=None,
@@ -62,6 +69,8 @@ def add_parser(subparsers: Any, argv: list[str]) -> None:  # noqa: ARG001
                              "it has)")
     parser.add_argument("--top", type=positive_int, default=1, metavar="K",
                         help="classes per image, most probable first (default 1)")
+    parser.add_argument("--uncalibrated", action="store_true",
+                        help="write the plain softmax even when the run has a temperature")
     parser.add_argument("--batch-size", type=positive_int, default=512,
                         help="images per forward pass (default 512)")
     parser.add_argument("--on-corrupt", choices=["skip", "error"], default="skip",
@@ -170,49 +179,68 @@ def run(args: Any) -> dict[str, Any]:
     parts = parts_to_predict(spec, args.part, method.data.image_size, method.data.channels,
                              args.on_corrupt)
     network, device = method.classifier_network(), evaluation_device(args.accelerator)
+    calibration = None if args.uncalibrated else run_spec.get("calibration")
+    temperature = calibration["temperature"] if calibration else 1.0
     predictions = [
         PartPredictions.ranked(
             name, image_ids(name, images),
             predict_probabilities(network, images.images, method.data.mean, method.data.std,
-                                  batch_size=args.batch_size, device=device),
+                                  batch_size=args.batch_size, device=device,
+                                  temperature=temperature),
             args.top, label_names(images))
         for name, images in parts.items()
     ]
     out = Path(args.out)
     atomic_write_text(out, csv_text(predictions, class_names))
-    summary = _summary(predictions, class_names, spec)
+    summary = _summary(predictions, class_names, spec) | {
+        "temperature": temperature, "calibrated": calibration is not None}
     print(_summary_line(summary, describe(checkpoint), spec, out))
+    print(_calibration_line(calibration, args.uncalibrated and "calibration" in run_spec))
     return summary
 
 
 def _summary(predictions: list[PartPredictions], class_names: list[str], spec: str
              ) -> dict[str, Any]:
-    """Images predicted (per part), the accuracy over the images with labels (``None``
-    without any) and the mean confidence."""
+    """Images predicted (per part), the accuracy and the expected calibration error over the
+    images with labels (``None`` without any) and the mean confidence."""
     confidences = torch.cat([part.probabilities[:, 0] for part in predictions])
-    right = labeled = 0
+    labeled_confidences, right = [], []
     unknown: set[str] = set()
     for part in predictions:
         if part.labels is None:
             continue
         predicted = part.classes[:, 0].tolist()
-        right += sum(class_names[index] == label
-                     for index, label in zip(predicted, part.labels, strict=True))
-        labeled += len(part.labels)
+        right += [class_names[index] == label
+                  for index, label in zip(predicted, part.labels, strict=True)]
+        labeled_confidences.append(part.probabilities[:, 0])
         unknown |= set(part.labels) - set(class_names)
     if unknown:
         warnings.warn(f"the labels of {spec} include classes the run does not know "
                       f"({', '.join(sorted(unknown)[:5])}); they count as wrong", stacklevel=2)
+    labeled = len(right)
     return {"images": len(confidences),
             "parts": {part.part: len(part.ids) for part in predictions},
-            "labeled": labeled, "accuracy": right / labeled if labeled else None,
+            "labeled": labeled, "accuracy": sum(right) / labeled if labeled else None,
+            "expected_calibration_error": confidence_calibration_error(
+                torch.cat(labeled_confidences), torch.tensor(right)) if labeled else None,
             "mean_confidence": confidences.mean().item()}
+
+
+def _calibration_line(calibration: dict[str, Any] | None, declined: bool) -> str:
+    if calibration:
+        return (f"confidences calibrated: temperature {calibration['temperature']:.3g} fitted "
+                f"on {calibration['images']} held-out labels")
+    if declined:
+        return "confidences: the plain softmax (--uncalibrated), over-confident as a rule"
+    return ("confidences: the plain softmax, not calibrated (over-confident as a rule); train "
+            "with --calibration-per-class N to calibrate them")
 
 
 def _summary_line(summary: dict[str, Any], run: str, spec: str, out: Path) -> str:
     parts = ", ".join(f"{name} {count}" for name, count in summary["parts"].items())
     line = f"predicted {summary['images']} images of {spec} ({parts}) with {run}: "
     if summary["accuracy"] is not None:
-        line += (f"accuracy {100 * summary['accuracy']:.2f}% on the {summary['labeled']} "
+        line += (f"accuracy {100 * summary['accuracy']:.2f}% and expected calibration error "
+                 f"{summary['expected_calibration_error']:.3f} on the {summary['labeled']} "
                  "with labels, ")
     return line + f"mean confidence {summary['mean_confidence']:.3f}; wrote {out}"

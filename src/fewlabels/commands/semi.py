@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fewlabels.atomic import atomic_write_text
+from fewlabels.calibration import calibrated_probabilities, expected_calibration_error
 from fewlabels.commands.arguments import (
     DEFAULT_BACKBONE,
     DEFAULT_DATA,
@@ -18,6 +19,7 @@ from fewlabels.commands.arguments import (
     add_run_options,
     budgets,
     given_config_values,
+    non_negative_int,
     positive_float,
     positive_int,
 )
@@ -47,9 +49,11 @@ from fewlabels.semi import SEMI_METHODS, ClassifierMethod
 from fewlabels.semi.classifier_run import (
     accuracy,
     backbone_state,
-    predict_probabilities,
+    fit_calibration,
+    predict_logits,
     pseudo_label_warning,
     split_spec,
+    store_calibration,
     streams,
 )
 
@@ -95,6 +99,12 @@ def add_classifier_parser(subparsers: Any, argv: list[str], command: str) -> Non
                         help="labeled images per class, chosen with --seed ('all': every "
                              "label)" + (" (default all)" if finetune else
                                          "; required for a new run"))
+    parser.add_argument("--calibration-per-class", type=non_negative_int, default=None,
+                        metavar="N",
+                        help="hold out N more labeled images per class (counted in the label "
+                             "budget, never trained on) to calibrate the confidences by "
+                             "temperature scaling after training; fewlabels predict applies "
+                             "the temperature (default 0: uncalibrated)")
     parser.add_argument("--init", required=finetune, default=None,
                         help="run folder of a pretrained run whose backbone to start from "
                              "(its backbone and normalisation are used)")
@@ -172,22 +182,50 @@ def run(args: Any) -> dict[str, Any]:
                                "labels_per_class": run_spec["split"]["labels_per_class"],
                                "seed": settings.seed, "init": run_spec.get("init")}
     if fabric.is_global_zero:
-        probabilities = predict_probabilities(method.classifier_network(), test_part.images,
-                                              method.data.mean, method.data.std,
-                                              device=fabric.device)
-        summary |= {"test_accuracy": accuracy(probabilities, test_part.labels),
-                    "test_images": len(test_part), "test_part": note,
-                    "minutes": result.elapsed_seconds / 60,
+        summary |= _test(method, train_part, test_part, note, run_spec, out, fabric.device)
+        summary |= {"minutes": result.elapsed_seconds / 60,
                     "images_per_second": result.images_per_second}
         atomic_write_text(out / "result.json", json.dumps(summary, indent=2) + "\n")
         print(f"{describe(load_checkpoint(out))}: test accuracy "
               f"{100 * summary['test_accuracy']:.2f}% on {len(test_part)} images ({note}), "
               f"{summary['minutes']:.1f} min, {result.images_per_second:.0f} images/s; "
               f"result in {out / 'result.json'}")
+        calibration = summary.get("calibration")
+        if calibration:
+            print(f"confidences calibrated on {calibration['images']} held-out labels: "
+                  f"temperature {calibration['temperature']:.3g}, test expected calibration "
+                  f"error {summary['test_expected_calibration_error']:.3f} -> "
+                  f"{calibration['test_expected_calibration_error']:.3f}")
         warning = pseudo_label_warning(out)
         if warning:
             print(f"warning: {warning}")
     return summary
+
+
+def _test(method: ClassifierMethod, train_part: Any, test_part: Any, note: str,
+          run_spec: dict[str, Any], out: Path, device: Any) -> dict[str, Any]:
+    """Test accuracy and expected calibration error of the trained run; with held-out
+    calibration labels, the temperature fitted on them (stored in the checkpoint for
+    `fewlabels predict`) and the test error after it. Test labels are only reported."""
+    network, mean, std = method.classifier_network(), method.data.mean, method.data.std
+    logits = predict_logits(network, test_part.images, mean, std, device=device)
+    probabilities = logits.softmax(dim=1)
+    tested: dict[str, Any] = {
+        "test_accuracy": accuracy(probabilities, test_part.labels),
+        "test_images": len(test_part), "test_part": note,
+        "test_expected_calibration_error": expected_calibration_error(probabilities,
+                                                                      test_part.labels)}
+    calibration = fit_calibration(network, train_part, run_spec["split"], mean, std,
+                                  device=device)
+    tested["label_budget"] = len(run_spec["split"]["labeled_indices"]) + (
+        calibration["images"] if calibration else 0)
+    if calibration is not None:
+        store_calibration(out, calibration)
+        calibrated = calibrated_probabilities(logits, calibration["temperature"])
+        tested["calibration"] = calibration | {
+            "test_expected_calibration_error": expected_calibration_error(
+                calibrated, test_part.labels)}
+    return tested
 
 
 def build_classifier(run_spec: dict[str, Any], out: Path) -> ClassifierMethod:
@@ -245,7 +283,8 @@ def _new_run_spec(args: Any, seed: int) -> tuple[dict[str, Any], Any, Any, str]:
     labels_per_class = (args.labels_per_class or [None])[0]
     if args.labels_per_class and len(args.labels_per_class) > 1:
         raise UserError("--labels-per-class takes one number here (or 'all')")
-    split = split_spec(train_part.labels, labels_per_class, seed) | {
+    split = split_spec(train_part.labels, labels_per_class, seed,
+                       args.calibration_per_class or 0) | {
         "max_unlabeled": getattr(args, "max_unlabeled", None)}
     # Per-image state (FlexMatch's predictions) is indexed like Batch.indices: by the
     # unlabeled pool, which --max-unlabeled makes smaller than the train part.
@@ -264,11 +303,6 @@ def _new_run_spec(args: Any, seed: int) -> tuple[dict[str, Any], Any, Any, str]:
         "representation": "backbone",
     }
     run_spec["method_config"] = method_config(args.method, run_spec["method_config"])
-    max_unlabeled = run_spec["split"]["max_unlabeled"]
-    if max_unlabeled is not None:  # methods size per-image state by the unlabeled pool
-        labeled = len(run_spec["split"]["labeled_indices"])
-        run_spec["data"]["info"]["num_images"] = min(len(train_part),
-                                                     max(labeled, max_unlabeled))
     return run_spec, train_part, test_part, note
 
 
@@ -288,6 +322,11 @@ def _refuse_changes(args: Any, run_spec: dict[str, Any], out: Path,
         raise UserError(f"{out} was trained with --labels-per-class "
                         f"{run_spec['split']['labels_per_class']}; resume it without "
                         "--labels-per-class")
+    if args.calibration_per_class is not None and (
+            args.calibration_per_class != run_spec["split"].get("calibration_per_class", 0)):
+        raise UserError(f"{out} was trained with --calibration-per-class "
+                        f"{run_spec['split'].get('calibration_per_class', 0)}; resume it "
+                        "without --calibration-per-class")
     changed = list(recipe_changes) + list(given_config_values(args, METHOD))
     if changed:
         raise UserError(f"--resume continues the stored run with its own settings; leave out "
