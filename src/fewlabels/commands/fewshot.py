@@ -23,12 +23,12 @@ from fewlabels.commands.arguments import (
     positive_int,
 )
 from fewlabels.commands.evaluate import evaluation_device
-from fewlabels.data import load_dataset
 from fewlabels.engine.checkpoint import load_checkpoint
 from fewlabels.errors import UserError
 from fewlabels.fewshot import (
     FEWSHOT_METHODS,
     NEEDS_INIT,
+    ClassSplit,
     FewShotOptions,
     chosen_split,
     evaluate_method,
@@ -96,14 +96,15 @@ def run(args: Any) -> dict[str, Any]:
     if args.init is not None:
         spec = spec or load_checkpoint(args.init)["run"]["data"]["spec"]
     spec = spec or DEFAULT_DATA
-    class_names = _class_names(spec, args.on_corrupt)
-    if args.novel_classes is not None:
-        if args.novel_count is not None:
-            raise UserError("give --novel-classes or --novel-count, not both")
-        split = chosen_split(class_names, [item.strip() for item in
-                                           args.novel_classes.split(",") if item.strip()])
-    else:
-        split = split_classes(class_names, novel_count=args.novel_count, seed=args.seed)
+    if args.novel_classes is not None and args.novel_count is not None:
+        raise UserError("give --novel-classes or --novel-count, not both")
+
+    def split(class_names: list[str]) -> ClassSplit:
+        if args.novel_classes is not None:
+            return chosen_split(class_names, [item.strip() for item in
+                                              args.novel_classes.split(",") if item.strip()])
+        return split_classes(class_names, novel_count=args.novel_count, seed=args.seed)
+
     backbone = {"name": args.backbone, "width": args.width, "depth": args.depth,
                 "patch_size": args.patch_size, "heads": args.heads,
                 "feature_dim": args.feature_dim}
@@ -118,12 +119,3 @@ def run(args: Any) -> dict[str, Any]:
     atomic_write_text(out, json.dumps(record, indent=2) + "\n")
     print(f"{result.summary_line()}; result in {out}")
     return record
-
-
-def _class_names(spec: str, on_corrupt: str) -> list[str]:
-    """The class names of the data's labeled train part."""
-    train = load_dataset(spec, on_corrupt=on_corrupt).train
-    if train is None or train.labels is None or not train.class_names:
-        raise UserError(f"{spec} has no labeled images; few-shot episodes need labeled "
-                        "data (class subfolders, or a dataset with labels)")
-    return list(train.class_names)

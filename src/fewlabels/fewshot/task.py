@@ -11,6 +11,7 @@ pretraining run saw without labels are not the ones it is tested on.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -99,13 +100,15 @@ def novel_part(test: ImageSet, split: ClassSplit) -> ImageSet:
     return test.subset(torch.nonzero(keep).flatten())
 
 
-def prepare_task(spec: str, split: ClassSplit, *, ways: int, shots: int, queries: int,
+def prepare_task(spec: str, split: ClassSplit | Callable[[list[str]], ClassSplit], *,
+                 ways: int, shots: int, queries: int,
                  episodes: int, seed: int, backbone: dict[str, Any] | None = None,
                  init_dir: str | Path | None = None, image_size: int | None = None,
                  base_images_per_class: int | None = None, on_corrupt: str = "skip",
                  device: torch.device | str = "cpu") -> FewShotTask:
-    """Load data ``spec``, cut it into base and novel parts by ``split`` and draw the
-    episodes from ``seed`` (the same seed, the same episodes). ``init_dir``: a pretraining
+    """Load data ``spec``, cut it into base and novel parts by ``split`` (a class split, or a
+    function choosing one from the data's class names) and draw the episodes from ``seed``
+    (the same seed, the same episodes). ``init_dir``: a pretraining
     run whose network and normalisation the method uses (its image size wins).
     ``backbone``: the arguments of :func:`fewlabels.runs.backbone_spec` for methods that
     train a fresh network (``name``, ``width``, ``depth``, options; default a ConvNet)."""
@@ -113,6 +116,11 @@ def prepare_task(spec: str, split: ClassSplit, *, ways: int, shots: int, queries
     size = init.data.image_size if init is not None else image_size
     channels = init.data.channels if init is not None else None
     train, test, _ = train_and_test(spec, size, channels, on_corrupt)
+    if train.labels is None or not train.class_names:
+        raise UserError(f"{spec} has no labeled images; few-shot episodes need labeled "
+                        "data (class subfolders, or a dataset with labels)")
+    if callable(split):
+        split = split(list(train.class_names))
     if tuple(train.class_names) != split.class_names:
         raise UserError(f"{spec} has classes {', '.join(train.class_names)}, not those of the "
                         "class split; split this data's classes")
