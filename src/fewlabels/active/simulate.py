@@ -4,6 +4,14 @@ Start from the first batch (random, or the cold start), then each round: fit the
 the labels revealed so far, test it, ask the strategy for the next batch, reveal its labels.
 The loop reads a pool label only after the strategy asked for it (:class:`HiddenLabels`).
 
+The round's classifier comes from a ``fit_round(labeled, revealed, seed)`` function
+(:data:`FitRound`) that sees the labeled pool positions and their revealed labels, nothing
+else of the labels, and returns a :class:`RoundModel`: the classifier, the pool's features it
+and the strategies read, and its test probabilities. The default,
+:func:`probe_rounds`, is the calibrated linear probe on the pool's frozen features;
+:class:`fewlabels.active.network_rounds.NetworkRounds` trains a network every round
+(fine-tuned or semi-supervised) and reads the pool through it.
+
 Randomness: the first batch is drawn from ``seed`` alone, so every strategy of a seed with a
 random first batch starts from the same images and the curves differ only by the queries;
 queries draw from a second stream of the same seed.
@@ -15,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
+from typing import Any
 
 import torch
 
@@ -70,6 +79,42 @@ class Curve:
     queried: list[int] = field(default_factory=list)  # pool positions, in the order asked
 
 
+@dataclass
+class RoundModel:
+    """What a round's classifier gives the loop: the ``classifier`` the strategies ask (see
+    :func:`~fewlabels.active.strategies.query`), the pool's ``features`` ``[N, D]`` it reads
+    and the same ``prepared`` for distances, its probabilities of the test images ``[T, C]``,
+    and the weight decay it was fitted with."""
+
+    classifier: Any
+    features: torch.Tensor
+    prepared: torch.Tensor
+    test_probabilities: torch.Tensor
+    weight_decay: float
+
+
+# (labeled pool positions [L], their revealed labels [L], seed) -> the round's model
+FitRound = Callable[[torch.Tensor, torch.Tensor, int], RoundModel]
+
+
+def probe_rounds(pool_features: torch.Tensor, test_features: torch.Tensor, *,
+                 num_classes: int, preprocessing: FeaturePreprocessing) -> FitRound:
+    """The default round classifier: the calibrated linear probe
+    (:func:`~fewlabels.active.classifier.fit_round_classifier`) on the pool's frozen
+    ``pool_features``, tested on ``test_features``."""
+    prepared = preprocessing(pool_features)
+
+    def fit_round(labeled: torch.Tensor, revealed: torch.Tensor, seed: int) -> RoundModel:
+        classifier = fit_round_classifier(pool_features[labeled], revealed,
+                                          num_classes=num_classes, preprocessing=preprocessing,
+                                          seed=seed)
+        return RoundModel(classifier, pool_features, prepared,
+                          classifier.probabilities(test_features),
+                          classifier.probe.weight_decay)
+
+    return fit_round
+
+
 def first_batch(first: str, prepared: torch.Tensor, count: int, seed: int) -> torch.Tensor:
     """Pool positions of the first ``count`` labels: ``"random"`` or ``"cold-start"``."""
     generator = torch.Generator().manual_seed(seed)
@@ -94,9 +139,14 @@ def simulate_curve(
     options: QueryOptions | None = None,
     preprocessing: FeaturePreprocessing | None = None,
     log: Callable[[str], None] | None = None,
+    fit_round: FitRound | None = None,
 ) -> Curve:
     """Run the loop for one strategy and seed: ``budgets`` are the numbers of labels at each
-    round (increasing; the first is the first batch). Returns the curve of test accuracies."""
+    round (increasing; the first is the first batch). Returns the curve of test accuracies.
+
+    ``pool_features`` choose the first batch (and, by default, are the probe's);
+    ``fit_round`` makes each round's classifier (default :func:`probe_rounds` on
+    ``pool_features`` and ``test_features``)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; one of {', '.join(STRATEGIES)}")
     budgets = [int(b) for b in budgets]
@@ -106,6 +156,8 @@ def simulate_curve(
         raise ValueError(f"{budgets[-1]} labels asked of a pool of {len(pool_features)} images")
     preprocessing = preprocessing or FeaturePreprocessing.fit(pool_features)
     prepared = preprocessing(pool_features)
+    fit_round = fit_round or probe_rounds(pool_features, test_features,
+                                          num_classes=num_classes, preprocessing=preprocessing)
     oracle = HiddenLabels(pool_labels)
     labeled = first_batch(first, prepared, budgets[0], seed)
     revealed = oracle.reveal(labeled)
@@ -113,20 +165,19 @@ def simulate_curve(
     curve = Curve(strategy, first, seed, queried=labeled.tolist())
     for round_index, budget in enumerate(budgets):
         began = time.perf_counter()
-        classifier = fit_round_classifier(pool_features[labeled], revealed,
-                                          num_classes=num_classes, preprocessing=preprocessing,
-                                          seed=seed)
-        probabilities = classifier.probabilities(test_features)
+        model = fit_round(labeled, revealed, seed)
+        probabilities = model.test_probabilities
         accuracy = (probabilities.argmax(dim=1) == test_labels).float().mean().item()
         record = RoundRecord(
             labels=len(labeled), accuracy=accuracy,
             expected_calibration_error=expected_calibration_error(probabilities, test_labels),
-            temperature=classifier.temperature, weight_decay=classifier.probe.weight_decay,
+            temperature=model.classifier.temperature, weight_decay=model.weight_decay,
             classes_labeled=int(revealed.unique().numel()), seconds=0.0)
         if round_index + 1 < len(budgets):
-            asked = query(strategy, features=pool_features, labeled=labeled,
-                          batch=budgets[round_index + 1] - budget, classifier=classifier,
-                          prepared=prepared, generator=generator, options=options)
+            asked = query(strategy, features=model.features, labeled=labeled,
+                          batch=budgets[round_index + 1] - budget,
+                          classifier=model.classifier, prepared=model.prepared,
+                          generator=generator, options=options)
             labeled = torch.cat([labeled, asked])
             revealed = torch.cat([revealed, oracle.reveal(asked)])
             curve.queried += asked.tolist()

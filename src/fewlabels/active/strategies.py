@@ -21,12 +21,18 @@ positions, never positions inside the unlabeled subset (the confusion of baal-or
 The score-based strategies spread their batch with :func:`fewlabels.active.batch.diverse_batch`
 (``diversity_factor`` 1 turns that off). Features for distances are the probe's prepared ones
 (L2-normalised), the space the classifier itself works in.
+
+The classifier is the round's probe (:class:`~fewlabels.active.classifier.RoundClassifier`)
+or a trained network's head on its own backbone's features
+(:class:`~fewlabels.active.network_classifier.NetworkClassifier`, which has no committee);
+:class:`PoolClassifier` is what every strategy but the committees asks of it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
@@ -69,6 +75,17 @@ SWITCH_LABELS_PER_CLASS = 15
 NEEDS_NO_CLASSIFIER = ("random", "core-set", "typiclust")
 
 
+class PoolClassifier(Protocol):
+    """What the strategies ask of a round's classifier: calibrated ``probabilities`` of the
+    pool's features, ``num_classes`` and ``temperature``; BALD also ``dropout_weights`` and
+    ``sampled_probabilities``, the committee scores ``committee`` (the probe only)."""
+
+    num_classes: Any
+    temperature: float
+
+    def probabilities(self, features: torch.Tensor) -> torch.Tensor: ...
+
+
 @dataclass
 class QueryOptions:
     """Knobs of the strategies (defaults: see the modules that use them)."""
@@ -88,7 +105,8 @@ def unlabeled_positions(pool_size: int, labeled: torch.Tensor) -> torch.Tensor:
     return mask.nonzero().flatten()
 
 
-def pool_scores(strategy: str, classifier: RoundClassifier, features: torch.Tensor,
+def pool_scores(strategy: str, classifier: PoolClassifier | RoundClassifier,
+                features: torch.Tensor,
                 generator: torch.Generator, options: QueryOptions) -> torch.Tensor:
     """The acquisition score ``[n]`` of ``strategy`` for raw ``features`` ``[n, D]``."""
     classes = classifier.num_classes
@@ -102,6 +120,8 @@ def pool_scores(strategy: str, classifier: RoundClassifier, features: torch.Tens
             len(features), samples=options.dropout_samples, classes=classes,
             chunk_elements=options.chunk_elements)
     if strategy in COMMITTEE_SCORES:
+        if not isinstance(classifier, RoundClassifier):
+            raise ValueError(f"{strategy} needs a committee of probes; this classifier has none")
         members = classifier.committee(options.committee, generator)
 
         def member_probabilities(start: int, stop: int) -> torch.Tensor:
@@ -121,7 +141,7 @@ def query(
     features: torch.Tensor,
     labeled: torch.Tensor,
     batch: int,
-    classifier: RoundClassifier | None,
+    classifier: PoolClassifier | RoundClassifier | None,
     prepared: torch.Tensor,
     generator: torch.Generator,
     options: QueryOptions | None = None,

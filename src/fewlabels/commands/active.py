@@ -1,7 +1,10 @@
 """`fewlabels active`: which images to label next.
 
 ``fewlabels active simulate`` runs the loop on labeled data with the labels hidden and draws
-each strategy's test accuracy against the number of labels, next to random selection.
+each strategy's test accuracy against the number of labels, next to random selection; the
+classifier of every round is the calibrated linear probe on the run's frozen features, or with
+``--classifier finetune|semi`` a network trained from the run's backbone
+(:mod:`fewlabels.active.network_rounds`).
 ``fewlabels active next`` is the loop for a person: it writes the images to label next to a CSV
 file in a state folder, and the next call reads the filled labels, retrains and proposes more.
 """
@@ -20,28 +23,48 @@ from fewlabels.active.classifier import (
     DEFAULT_DROPOUT_SAMPLES,
 )
 from fewlabels.active.loop import DEFAULT_STRATEGY, propose_next
+from fewlabels.active.network_rounds import (
+    CLASSIFIERS,
+    DEFAULT_SEMI_METHOD,
+    DEFAULT_STEPS,
+    NetworkRounds,
+    NetworkTraining,
+    refuse_strategies,
+)
 from fewlabels.active.plot import plot_active_curves
 from fewlabels.active.pool import run_features
 from fewlabels.active.results import ActiveResults
 from fewlabels.active.simulate import FIRST_BATCHES, label_schedule, simulate_curve
 from fewlabels.active.state import CSV_COLUMNS
 from fewlabels.active.strategies import STRATEGIES, QueryOptions
-from fewlabels.commands.arguments import DATA_HELP, names, non_negative_int, number, positive_int
+from fewlabels.commands.arguments import (
+    DATA_HELP,
+    names,
+    non_negative_int,
+    number,
+    positive_float,
+    positive_int,
+)
 from fewlabels.commands.evaluate import evaluation_device
 from fewlabels.data.labeled import train_and_test
 from fewlabels.errors import UserError
 from fewlabels.evaluate.linear_probe import FeaturePreprocessing
 
 DEFAULT_SIMULATED_STRATEGIES = ["margin", "typiclust", "typiclust-then-margin", "core-set"]
+PROBE_SETTINGS = {"kind": "probe",
+                  "description": "linear probe (weight decay by cross-validation), temperature "
+                                 "fitted on out-of-fold logits"}
 
 
 def add_parser(subparsers: Any, argv: list[str]) -> None:  # noqa: ARG001
     parser = subparsers.add_parser(
         "active", help="active learning: which images to label next (simulate, next)",
-        description="Active learning on frozen features (a pretraining run's): the classifier "
-                    "of every round is a linear probe with confidences calibrated by "
-                    "temperature scaling. 'simulate' measures strategies on labeled data with "
-                    "the labels hidden; 'next' proposes images for a person to label.")
+        description="Active learning on a pretraining run's features: the classifier of "
+                    "every round is a linear probe on the frozen features, with confidences "
+                    "calibrated by temperature scaling ('simulate' can train a fine-tuned or "
+                    "semi-supervised network instead: --classifier). 'simulate' measures "
+                    "strategies on labeled data with the labels hidden; 'next' proposes images "
+                    "for a person to label.")
     commands = parser.add_subparsers(dest="active_command", required=True,
                                      parser_class=type(parser), metavar="{simulate,next}")
     _add_simulate(commands)
@@ -79,13 +102,15 @@ def _add_simulate(commands: Any) -> None:
     parser = commands.add_parser(
         "simulate", help="active-learning curves on labeled data with the labels hidden",
         description="Start from --start labels (random or the cold start), then for --rounds "
-                    "rounds: fit the probe on the labels revealed so far, test it on the "
+                    "rounds: fit the classifier on the labels revealed so far (the probe on "
+                    "the frozen features, or a network: --classifier), test it on the "
                     "test part, query --batch images with the strategy and reveal their "
                     "labels. Every strategy is compared with random selection over --seeds "
                     "seeds (each seed's random first batch is shared by all strategies). "
                     "Writes OUT/active.json and a plot.")
     parser.add_argument("--init", required=True, metavar="RUN",
-                        help="pretraining run (folder) whose frozen features the probe uses")
+                        help="pretraining run (folder) whose frozen features the probe uses "
+                             "(and whose backbone a network classifier starts from)")
     parser.add_argument("--data", default=None,
                         help=f"{DATA_HELP}, with labels (default: the data of the run)")
     parser.add_argument("--strategy", type=names(STRATEGIES),
@@ -118,7 +143,64 @@ def _add_simulate(commands: Any) -> None:
                         help="an unreadable image in a folder: skip it or stop (default skip)")
     parser.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                         help="device for feature extraction (default auto)")
+    _add_classifier_options(parser)
     _add_query_options(parser)
+
+
+def _add_classifier_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "the classifier of every round",
+        "probe: a linear probe on the run's frozen features, its temperature fitted on "
+        "out-of-fold logits (seconds a round). finetune: the supervised method trained from the "
+        "run's backbone on the labeled images (the fine-tuning protocol's recipe); semi: a "
+        "semi-supervised method (--classifier-method) from the backbone on the labeled images "
+        "and the pool's images without labels (head from a probe, backbone at 0.1x the "
+        "learning rate). A network starts again from the run every round, and reads the pool "
+        "once a round: its backbone's features for the strategies' distances, its head's "
+        "probabilities for their scores, with temperature 1 (not calibrated: the results "
+        "report the ECE). The committee strategies (vote-entropy, mean-kl) need the probe.")
+    group.add_argument("--classifier", choices=CLASSIFIERS, default="probe",
+                       help="probe, finetune or semi (default probe)")
+    group.add_argument("--classifier-method", default=None, metavar="NAME",
+                       help=f"semi: the semi-supervised method (default {DEFAULT_SEMI_METHOD}; "
+                            "see: fewlabels list methods)")
+    group.add_argument("--classifier-steps", type=positive_int, default=None, metavar="N",
+                       help="training steps per round, rounded to whole passes over the "
+                            "labeled images (finetune) or the unlabeled ones (semi) (default "
+                            f"{DEFAULT_STEPS['finetune']} for finetune, about 20 s a round of "
+                            "the small ConvNet on one CPU core; "
+                            f"{DEFAULT_STEPS['semi']} for semi, one pass over 60,000 images)")
+    group.add_argument("--classifier-minutes", type=positive_float, default=None, metavar="M",
+                       help="stop each round's training after M minutes of wall-clock time "
+                            "(the schedules still follow --classifier-steps; results then "
+                            "depend on the machine's speed)")
+    group.add_argument("--classifier-unlabeled", type=positive_int, default=None, metavar="N",
+                       help="semi: a seeded random choice of N pool images as the unlabeled "
+                            "stream (default: every pool image)")
+    group.add_argument("--classifier-option", action="append", default=[],
+                       metavar="NAME=VALUE",
+                       help="an option of the classifier method, e.g. head-init=probe or "
+                            "backbone-lr-scale=0.1 (repeatable)")
+
+
+def _network_training(args: Any) -> NetworkTraining | None:
+    """The --classifier options, checked before anything is loaded (``None``: the probe)."""
+    if args.classifier == "probe":
+        given = [flag for flag, value in (
+            ("--classifier-method", args.classifier_method),
+            ("--classifier-steps", args.classifier_steps),
+            ("--classifier-minutes", args.classifier_minutes),
+            ("--classifier-unlabeled", args.classifier_unlabeled),
+            ("--classifier-option", args.classifier_option or None)) if value is not None]
+        if given:
+            raise UserError(f"{', '.join(given)} train a network; give --classifier finetune "
+                            "or semi with them")
+        return None
+    refuse_strategies(args.strategy, args.classifier)
+    return NetworkTraining.choose(args.classifier, method=args.classifier_method,
+                                  steps=args.classifier_steps, minutes=args.classifier_minutes,
+                                  option_texts=args.classifier_option,
+                                  unlabeled=args.classifier_unlabeled)
 
 
 def _add_next(commands: Any) -> None:
@@ -167,6 +249,7 @@ def _say(message: str) -> None:
 
 
 def run_simulate(args: Any) -> ActiveResults:
+    training = _network_training(args)
     device = evaluation_device(args.accelerator)
     source = run_features(args.init, args.data or _run_data(args.init), None, device=device,
                           representation=args.representation)
@@ -186,17 +269,28 @@ def run_simulate(args: Any) -> ActiveResults:
     seeds = list(range(args.seed, args.seed + args.seeds))
     options = _query_options(args)
     preprocessing = FeaturePreprocessing.fit(train_features)
+    rounds, classifier = None, dict(PROBE_SETTINGS)
+    if training is not None:
+        rounds = NetworkRounds.from_run(args.init, training, train.images, test.images,
+                                        num_classes=train.num_classes,
+                                        representation=args.representation, device=device)
+        classifier = training.settings(str(args.init), source.description)
+        _say(f"classifier of every round: {training.method} from {args.init}, "
+             f"{training.steps} steps" + (" on the labeled and unlabeled pool images"
+                                          if training.kind == "semi" else ""))
     results = ActiveResults(settings={
         "init": str(args.init), "features": source.description, "data": spec,
         "test_part": note, "budgets": budgets, "first": args.first, "seeds": seeds,
-        "classifier": "linear probe (weight decay by cross-validation), temperature fitted "
-                      "on out-of-fold logits", "query_options": vars(options)})
+        "classifier": classifier, "query_options": vars(options)})
     for seed in seeds:
         for strategy in strategies:
             results.curves.append(simulate_curve(
                 train_features, train.labels, test_features, test.labels,
                 num_classes=train.num_classes, strategy=strategy, budgets=budgets, seed=seed,
-                first=args.first, options=options, preprocessing=preprocessing, log=_say))
+                first=args.first, options=options, preprocessing=preprocessing, log=_say,
+                fit_round=rounds))
+    if rounds is not None:
+        classifier["trained"] = rounds.summary()
     out = Path(args.out) if args.out else Path(args.init) / "active"
     results.save_json(out / "active.json")
     plot = Path(args.plot) if args.plot else out / "active.png"
