@@ -1,6 +1,9 @@
 """Active-learning curves: test accuracy from 20 to 500 labels for every query strategy, and the
 cold start against a random first batch, mean and spread over seeds, on the frozen features of
-one pretraining run (the classifier of every round: the calibrated linear probe).
+one pretraining run (the classifier of every round: the calibrated linear probe, or with
+``--classifier finetune|semi`` a network trained from the run's backbone every round, see
+:mod:`fewlabels.active.network_rounds`; its curves go to another folder, by default
+``bench/results/active_CLASSIFIER``).
 
 Each curve (strategy, first batch, seed) is one file ``OUT/curves/STRATEGY__FIRST__seedS.json``,
 written atomically when the curve is done; a curve with a file is read, not rerun, so a killed
@@ -11,6 +14,8 @@ decide the aim "the best strategy reaches with 100 labels the accuracy random se
 
     .venv/bin/python bench/active_curves.py --init bench/results/simclr/run
     .venv/bin/python bench/active_curves.py --init bench/results/simclr/run --report
+    .venv/bin/python bench/active_curves.py --classifier finetune --strategies random,margin \
+        --cold-start random,margin --labels 20,40,60,80,100,120,140,160,180,200 --seeds 0,1
 
 The features are extracted once into the run's ``features`` cache (shared with
 ``fewlabels evaluate``).
@@ -24,6 +29,12 @@ import sys
 import time
 from pathlib import Path
 
+from fewlabels.active.network_rounds import (
+    CLASSIFIERS,
+    NetworkRounds,
+    NetworkTraining,
+    refuse_strategies,
+)
 from fewlabels.active.plot import plot_active_curves
 from fewlabels.active.pool import run_features
 from fewlabels.active.results import ActiveResults
@@ -32,6 +43,7 @@ from fewlabels.active.strategies import STRATEGIES, QueryOptions
 from fewlabels.atomic import atomic_write_text
 from fewlabels.data.labeled import train_and_test
 from fewlabels.engine.checkpoint import load_checkpoint
+from fewlabels.errors import UserError
 from fewlabels.evaluate.linear_probe import FeaturePreprocessing
 
 LABELS = [20, 40, 60, 80, 100, 120, 140, 160, 180, 200, 250, 300, 400, 500]
@@ -63,6 +75,14 @@ def run(args: argparse.Namespace) -> None:
           f"({note})", flush=True)
     train_features, test_features = source(train, "train"), source(test, "test")
     preprocessing = FeaturePreprocessing.fit(train_features)
+    rounds, classifier = None, {"kind": "probe"}
+    if args.classifier != "probe":
+        training = NetworkTraining.choose(args.classifier, method=args.classifier_method,
+                                          steps=args.classifier_steps,
+                                          option_texts=args.classifier_option)
+        rounds = NetworkRounds.from_run(args.init, training, train.images, test.images,
+                                        num_classes=train.num_classes)
+        classifier = training.settings(str(args.init), source.description)
     for strategy, first, seed in planned(args):
         path = curve_path(args.out, strategy, first, seed)
         if path.exists():
@@ -72,11 +92,12 @@ def run(args: argparse.Namespace) -> None:
         curve = simulate_curve(train_features, train.labels, test_features, test.labels,
                                num_classes=train.num_classes, strategy=strategy,
                                budgets=args.labels, seed=seed, first=first,
-                               options=QueryOptions(), preprocessing=preprocessing)
+                               options=QueryOptions(), preprocessing=preprocessing,
+                               fit_round=rounds)
         record = {"strategy": curve.strategy, "first": curve.first, "seed": curve.seed,
                   "rounds": [vars(r) for r in curve.rounds], "queried": curve.queried,
                   "init": str(args.init), "data": spec, "features": source.description,
-                  "minutes": (time.perf_counter() - began) / 60}
+                  "classifier": classifier, "minutes": (time.perf_counter() - began) / 60}
         atomic_write_text(path, json.dumps(record) + "\n")
         accuracies = " ".join(f"{100 * r.accuracy:.1f}" for r in curve.rounds)
         print(f"{strategy} (first {first}) seed {seed}: {accuracies} "
@@ -90,7 +111,7 @@ def report(args: argparse.Namespace) -> None:
         print(f"no curves in {args.out / 'curves'} yet", file=sys.stderr)
         return
     results = ActiveResults(curves, {"init": str(args.init), "labels": args.labels,
-                                     "seeds": args.seeds})
+                                     "seeds": args.seeds, "classifier": args.classifier})
     print(results.table())
     savings = results.savings(100, 200)
     print()
@@ -127,7 +148,17 @@ def main() -> None:
     parser.add_argument("--init", type=Path, default=Path("bench/results/simclr/run"),
                         help="pretraining run whose frozen features to use")
     parser.add_argument("--data", default=None, help="labeled data (default: the run's)")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/active"))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder of the curves (default bench/results/active, or "
+                             "bench/results/active_CLASSIFIER for a network classifier)")
+    parser.add_argument("--classifier", choices=CLASSIFIERS, default="probe",
+                        help="the classifier of every round (default probe)")
+    parser.add_argument("--classifier-method", default=None,
+                        help="semi: the semi-supervised method (default fixmatch)")
+    parser.add_argument("--classifier-steps", type=int, default=None,
+                        help="training steps per round (default: the command's)")
+    parser.add_argument("--classifier-option", action="append", default=[],
+                        metavar="NAME=VALUE", help="an option of the classifier method")
     parser.add_argument("--strategies", type=lambda t: t.split(","), default=list(STRATEGIES))
     parser.add_argument("--cold-start", type=lambda t: [s for s in t.split(",") if s],
                         default=COLD_START_STRATEGIES,
@@ -141,6 +172,14 @@ def main() -> None:
     unknown = [s for s in args.strategies + args.cold_start if s not in STRATEGIES]
     if unknown:
         parser.error(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
+    if args.classifier != "probe":
+        try:
+            refuse_strategies(args.strategies + args.cold_start, args.classifier)
+        except UserError as error:
+            parser.error(str(error))
+    if args.out is None:
+        args.out = Path("bench/results/active" + ("" if args.classifier == "probe"
+                                                  else f"_{args.classifier}"))
     if not args.report:
         run(args)
     report(args)
