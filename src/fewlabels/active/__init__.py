@@ -9,9 +9,12 @@
 - :mod:`~fewlabels.active.batch`: batches spread over the most informative candidates;
 - :mod:`~fewlabels.active.classifier`: each round's linear probe, calibrated by temperature
   scaling (:mod:`fewlabels.calibration`), its dropout samples and its committee;
+- :mod:`~fewlabels.active.network_classifier` and :mod:`~fewlabels.active.network_rounds`:
+  a network trained every round instead (fine-tuned or semi-supervised from the run's
+  backbone), its head and backbone features behind the same interface (temperature 1);
 - :mod:`~fewlabels.active.strategies`: the strategies by name;
 - :mod:`~fewlabels.active.simulate` and :mod:`~fewlabels.active.results`: the simulated loop
-  and its curves over seeds;
+  and its curves over seeds (the round's classifier from a ``fit_round`` function);
 - :mod:`~fewlabels.active.state`: the real loop's state directory and its CSV files.
 
 Typical use (simulated, on a run's cached features)::

@@ -1,5 +1,7 @@
 """The classifier of an active-learning round: a linear probe on frozen features, its
 confidences calibrated, and the sampled predictions BALD and the committee scores need.
+(The default; `active simulate --classifier finetune|semi` trains a network every round
+instead: :mod:`fewlabels.active.network_rounds`.)
 
 Each round the probe (:func:`fewlabels.evaluate.linear_probe.linear_probe`, weight decay chosen
 by cross-validation inside the labeled images) is fitted on the labeled images' features. Its
