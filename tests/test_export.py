@@ -21,17 +21,6 @@ from fewlabels.evaluate import extract_features, file_digest
 from fewlabels.models import build_backbone, load_backbone
 from fewlabels.runs import load_method, load_pretrained
 
-TINY = ["--data", "fashion-mnist-sample", "--max-images", "192", "--batch-size", "32",
-        "--width", "4", "--depth", "2", "--no-progress", "--projection-hidden-dim", "16",
-        "--projection-dim", "8", "--epochs", "1"]
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("export") / "run"
-    assert main(["pretrain", "--out", str(out), *TINY]) == 0
-    return out
-
 
 @pytest.fixture(scope="module")
 def exported(run_dir, tmp_path_factory):
