@@ -72,6 +72,15 @@ def test_pool_probabilities_are_the_trained_networks_softmax(run_dir, sample, re
     assert torch.allclose(sampled, direct_pool[:50].expand(3, -1, -1), atol=1e-5)
 
 
+def test_the_semi_stream_is_what_the_steps_see_once():
+    assert NetworkTraining.choose("finetune").unlabeled_size(6000) is None
+    assert NetworkTraining.choose("semi", steps=3).unlabeled_size(6000) == 3 * 7 * 64
+    assert NetworkTraining.choose("semi", steps=3, option_texts=["unlabeled-ratio=2"]
+                                  ).unlabeled_size(6000) == 3 * 2 * 64
+    assert NetworkTraining.choose("semi", steps=300).unlabeled_size(6000) == 6000
+    assert NetworkTraining.choose("semi", unlabeled=500).unlabeled_size(6000) == 500
+
+
 def test_network_classifier_head_arithmetic():
     head = torch.nn.Linear(4, 3)
     classifier = NetworkClassifier.from_head(head, temperature=2.0)

@@ -8,10 +8,13 @@ spec, its normalisation) and trains a classifier method on the engine's one trai
 - ``finetune``: the ``supervised`` method, the fine-tuning protocol's recipe
   (:mod:`fewlabels.evaluate.finetune`: FixMatch's SGD, weak augmentation, batches of 64
   cycling through the labeled images), on the labeled pool images and their revealed labels;
-- ``semi``: a semi-supervised method (FixMatch by default) on those and on the pool's images
-  without labels (every pool image, or a seeded random choice of ``unlabeled`` of them), with
-  the semi protocol's protections of the pretrained start (:data:`SEMI_OPTIONS`: classifier
-  head from a probe, backbone at a tenth of the learning rate).
+- ``semi``: a semi-supervised method (FixMatch by default) on those and on pool images
+  without labels, with the semi protocol's protections of the pretrained start
+  (:data:`SEMI_OPTIONS`: classifier head from a probe, backbone at a tenth of the learning
+  rate). The unlabeled stream is a seeded random choice of pool images: ``unlabeled`` of
+  them, by default as many as the round's steps see once (steps x mu x batch), since the
+  engine rounds a length to whole passes over the stream and one pass over 60,000 images is
+  133 FixMatch steps, minutes a round on a CPU.
 
 The pool's labels are never given to the training, not even as the "hidden labels" a run
 logs: what trains sees the labeled positions and the labels the oracle revealed for them.
@@ -45,17 +48,18 @@ from fewlabels.errors import UserError
 from fewlabels.evaluate.linear_probe import FeaturePreprocessing
 from fewlabels.evaluate.semi_protocol import SEMI_OPTIONS
 from fewlabels.methods.base import DataInfo
-from fewlabels.options import field_types, parse_text
+from fewlabels.options import field_types, from_plain, parse_text
 from fewlabels.semi.registry import SEMI_METHODS
 from fewlabels.semi.training import moving_average_decay, train_classifier
 
 CLASSIFIERS = ("probe", "finetune", "semi")
 DEFAULT_SEMI_METHOD = "fixmatch"
-# Training steps per round. Fine-tuning: the fine-tuning protocol's shortest length (200
-# steps of 64 images); on the bench SimCLR ConvNet a round (training, then one pass over the
-# 60,000 pool and 10,000 test images) took about 20-25 s on one shared core. Semi: one pass
-# over a 60,000-image pool at mu = 7 is 133 steps (steps round to whole passes).
-DEFAULT_STEPS = {"finetune": 200, "semi": 133}
+# Training steps per round, measured on the bench SimCLR ConvNet (Fashion-MNIST, one core
+# shared with a 2-thread benchmark): fine-tuning, the fine-tuning protocol's shortest length
+# (200 steps of 64 images), 8 s, plus 13 s for one pass over the 60,000 pool and 10,000 test
+# images; FixMatch (64 + 448 images a step) took 1.2 s a step there (133 steps: 162 s), so
+# semi gets 40 steps on the 17,920 unlabeled images they see once.
+DEFAULT_STEPS = {"finetune": 200, "semi": 40}
 TEMPERATURE_NOTE = ("temperature 1 (not fitted: a temperature fitted on the network's own "
                     "training images would be biased, and out-of-fold logits would need a "
                     "network per fold)")
@@ -94,7 +98,8 @@ class NetworkTraining:
     """How every round's network is trained: ``kind`` finetune or semi, the classifier
     ``method``, ``steps`` per round (rounded to whole passes by the engine), an optional
     wall-clock cap ``minutes`` per round, the method's ``options`` and, for semi, the size of
-    the unlabeled stream (``None``: every pool image). Build it with :meth:`choose`."""
+    the unlabeled stream (``None``: what the steps see once, :meth:`unlabeled_size`). Build
+    it with :meth:`choose`."""
 
     kind: str
     method: str
@@ -136,6 +141,17 @@ class NetworkTraining:
         options.setdefault("ema_decay", moving_average_decay(steps))
         return cls(kind, method, steps, minutes, options, unlabeled)
 
+    def unlabeled_size(self, pool_size: int) -> int | None:
+        """How many pool images the semi-supervised stream holds (``None`` for finetune):
+        ``unlabeled``, or steps x mu x batch, at most the pool."""
+        if self.kind != "semi":
+            return None
+        if self.unlabeled is not None:
+            return min(self.unlabeled, pool_size)
+        chosen = SEMI_METHODS.get(self.method)
+        ratio = self.options.get("unlabeled_ratio", from_plain(chosen.Config, {}).unlabeled_ratio)
+        return min(pool_size, self.steps * int(ratio) * chosen.recipe.batch_size)
+
     def settings(self, init: str, representation: str) -> dict[str, Any]:
         """How the rounds' networks were trained, for a results file."""
         recipe = SEMI_METHODS.get(self.method).recipe
@@ -149,7 +165,8 @@ class NetworkTraining:
                        "lr": recipe.learning_rate * recipe.batch_size / 256,
                        "weight_decay": recipe.weight_decay, "lr_decay": recipe.lr_decay},
             "unlabeled": (None if self.kind == "finetune" else
-                          self.unlabeled or "every pool image, without its label"),
+                          self.unlabeled or "steps x mu x batch pool images (seen once), "
+                                            "a seeded random choice, without their labels"),
             "start": "every round from the run's pretrained backbone, a new head",
             "tested": "moving average of the weights",
             "calibration": TEMPERATURE_NOTE,
@@ -208,12 +225,13 @@ class NetworkRounds:
                 "mean_training_seconds": round(seconds, 2)}
 
     def unlabeled_images(self, seed: int) -> torch.Tensor | None:
-        """The semi-supervised stream: every pool image, or a choice of ``unlabeled`` of them
-        drawn from ``seed``; ``None`` for fine-tuning."""
-        if self.training.kind != "semi":
+        """The semi-supervised stream: a choice of :meth:`NetworkTraining.unlabeled_size`
+        pool images drawn from ``seed`` (every pool image when that is all); ``None`` for
+        fine-tuning."""
+        size = self.training.unlabeled_size(len(self.pool_images))
+        if size is None:
             return None
-        size = self.training.unlabeled
-        if size is None or size >= len(self.pool_images):
+        if size >= len(self.pool_images):
             return self.pool_images
         generator = torch.Generator().manual_seed(seed)
         return self.pool_images[torch.randperm(len(self.pool_images), generator=generator)[:size]]

@@ -167,16 +167,17 @@ def _add_classifier_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--classifier-steps", type=positive_int, default=None, metavar="N",
                        help="training steps per round, rounded to whole passes over the "
                             "labeled images (finetune) or the unlabeled ones (semi) (default "
-                            f"{DEFAULT_STEPS['finetune']} for finetune, about 20 s a round of "
-                            "the small ConvNet on one CPU core; "
-                            f"{DEFAULT_STEPS['semi']} for semi, one pass over 60,000 images)")
+                            f"{DEFAULT_STEPS['finetune']} for finetune, {DEFAULT_STEPS['semi']} "
+                            "for semi: with the passes over pool and test images 20 s and "
+                            "about a minute a round of the small ConvNet on one CPU core)")
     group.add_argument("--classifier-minutes", type=positive_float, default=None, metavar="M",
                        help="stop each round's training after M minutes of wall-clock time "
                             "(the schedules still follow --classifier-steps; results then "
                             "depend on the machine's speed)")
     group.add_argument("--classifier-unlabeled", type=positive_int, default=None, metavar="N",
                        help="semi: a seeded random choice of N pool images as the unlabeled "
-                            "stream (default: every pool image)")
+                            "stream (default: as many as the steps see once, steps x mu x "
+                            "batch)")
     group.add_argument("--classifier-option", action="append", default=[],
                        metavar="NAME=VALUE",
                        help="an option of the classifier method, e.g. head-init=probe or "
