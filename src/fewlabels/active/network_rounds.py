@@ -152,12 +152,13 @@ class NetworkTraining:
         ratio = self.options.get("unlabeled_ratio", from_plain(chosen.Config, {}).unlabeled_ratio)
         return min(pool_size, self.steps * int(ratio) * chosen.recipe.batch_size)
 
-    def settings(self, init: str, representation: str) -> dict[str, Any]:
-        """How the rounds' networks were trained, for a results file."""
+    def settings(self, init: str, network: str) -> dict[str, Any]:
+        """How the rounds' networks were trained, for a results file: ``init`` is the run,
+        ``network`` a description of the network they start from."""
         recipe = SEMI_METHODS.get(self.method).recipe
         return {
             "kind": self.kind, "method": self.method, "init": init,
-            "representation": representation, "steps_per_round": self.steps,
+            "steps_per_round": self.steps,
             "steps_rounding": "to whole passes over the labeled images (finetune) or the "
                               "unlabeled ones (semi)",
             "minutes_per_round": self.minutes, "options": dict(self.options),
@@ -167,7 +168,7 @@ class NetworkTraining:
             "unlabeled": (None if self.kind == "finetune" else
                           self.unlabeled or "steps x mu x batch pool images (seen once), "
                                             "a seeded random choice, without their labels"),
-            "start": "every round from the run's pretrained backbone, a new head",
+            "start": f"every round from {network}, with a new head",
             "tested": "moving average of the weights",
             "calibration": TEMPERATURE_NOTE,
         }
