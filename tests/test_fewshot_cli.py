@@ -96,6 +96,7 @@ def test_features_of_a_pretraining_run_and_protonet_started_from_it(run_dir, tmp
     (["--method", "pixels", "--novel-classes", "Cat"], "unknown class 'Cat'"),
     (["--method", "maml", "--inner-steps", "0"], "--inner-steps must be at least 1"),
     (["--method", "finetune", "--finetune-layers", "last"], "--finetune-layers must be all"),
+    (["--method", "pixels", "--devices", "2"], "--method pixels runs on one device"),
 ])
 def test_bad_input_is_one_line_with_status_2(tmp_path, capsys, arguments, message):
     capsys.readouterr()

@@ -6,6 +6,8 @@ losses can call them unconditionally.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.distributed as dist
 
@@ -124,3 +126,34 @@ def all_reduce_sum_with_gradient(tensor: torch.Tensor) -> torch.Tensor:
     if not is_distributed():
         return tensor
     return _AllReduceSumWithGradient.apply(tensor)
+
+
+@torch.no_grad()
+def average_gradients(parameters: Iterable[torch.Tensor]) -> None:
+    """Replace every parameter's gradient by its mean over ranks, as DDP's reducer does, for
+    loops that do not wrap their model in DDP (episodic training, where MAML differentiates
+    through inner steps DDP cannot see). One all-reduce of the flattened gradients; every
+    rank must hold a gradient for the same parameters. Nothing on one process."""
+    if not is_distributed():
+        return
+    grads = [parameter.grad for parameter in parameters if parameter.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([grad.reshape(-1) for grad in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat.div_(dist.get_world_size())
+    for grad, averaged in zip(grads, flat.split([grad.numel() for grad in grads]), strict=True):
+        grad.copy_(averaged.view_as(grad))
+
+
+@torch.no_grad()
+def average_float_buffers(module: torch.nn.Module) -> None:
+    """Average a module's floating-point buffers (batch-norm running statistics) over ranks,
+    so that every rank holds the same network after a loop whose ranks updated them on their
+    own episodes. Integer buffers (batch counts) are left alone. Nothing on one process."""
+    if not is_distributed():
+        return
+    for buffer in module.buffers():
+        if buffer.is_floating_point():
+            dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+            buffer.div_(dist.get_world_size())

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from fewlabels.atomic import atomic_write_text
 from fewlabels.commands.arguments import (
     DEFAULT_DATA,
@@ -23,7 +25,9 @@ from fewlabels.commands.arguments import (
     positive_int,
 )
 from fewlabels.commands.evaluate import evaluation_device
+from fewlabels.distributed import rank, world_size
 from fewlabels.engine.checkpoint import load_checkpoint
+from fewlabels.engine.run_control import device_count, make_fabric
 from fewlabels.errors import UserError
 from fewlabels.fewshot import (
     FEWSHOT_METHODS,
@@ -37,6 +41,8 @@ from fewlabels.fewshot import (
 )
 
 OPTIONS = "fewshot_option"
+# methods whose training is the episodic loop, which runs on several devices
+EPISODIC_METHODS = ("protonet", "maml")
 RESULT_NAME = "result.json"
 
 
@@ -80,6 +86,13 @@ def add_parser(subparsers: Any, argv: list[str]) -> None:  # noqa: ARG001
     add_backbone_options(parser, " (methods that train; ignored with --init)")
     parser.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                         help="device to train and test on (default auto)")
+    parser.add_argument("--devices", default="1",
+                        help="devices per machine for the episodic methods ("
+                             + ", ".join(EPISODIC_METHODS) + "): each trains on its own "
+                             "episodes, gradients averaged (a number, or GPU ids like 0,1; "
+                             "default 1)")
+    parser.add_argument("--num-nodes", type=positive_int, default=1,
+                        help="machines taking part in episodic training (default 1)")
     add_config_options(parser, FewShotOptions, OPTIONS, "method options",
                        defaults=FewShotOptions())
 
@@ -92,6 +105,7 @@ def run(args: Any) -> dict[str, Any]:
                         "--init RUN (the folder of a fewlabels pretrain run)")
     options = FewShotOptions(**given_config_values(args, OPTIONS))
     options.check()
+    device = _device(args)
     spec = args.data
     if args.init is not None:
         spec = spec or load_checkpoint(args.init)["run"]["data"]["spec"]
@@ -112,10 +126,24 @@ def run(args: Any) -> dict[str, Any]:
                         episodes=args.episodes, seed=args.seed, backbone=backbone,
                         init_dir=args.init, image_size=args.image_size,
                         base_images_per_class=options.base_images_per_class,
-                        on_corrupt=args.on_corrupt, device=evaluation_device(args.accelerator))
+                        on_corrupt=args.on_corrupt, device=device)
     result = evaluate_method(args.method, task, options)
     out = Path(args.out) / RESULT_NAME
-    record = result.to_dict()
-    atomic_write_text(out, json.dumps(record, indent=2) + "\n")
-    print(f"{result.summary_line()}; result in {out}")
+    record = result.to_dict() | {"devices": world_size()}
+    if rank() == 0:
+        atomic_write_text(out, json.dumps(record, indent=2) + "\n")
+        print(f"{result.summary_line()}; result in {out}")
     return record
+
+
+def _device(args: Any) -> torch.device:
+    """The device to train and test on; with several devices (episodic methods only) the
+    processes are launched here, each then trains on its own episodes and tests the same
+    network (only the first writes the result)."""
+    processes = device_count(args.devices) * args.num_nodes
+    if processes == 1:
+        return evaluation_device(args.accelerator)
+    if args.method not in EPISODIC_METHODS:
+        raise UserError(f"--method {args.method} runs on one device; --devices and --num-nodes "
+                        f"are for the episodic methods ({', '.join(EPISODIC_METHODS)})")
+    return make_fabric(args.accelerator, args.devices, args.num_nodes, "32-true").device

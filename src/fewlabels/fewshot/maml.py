@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from fewlabels.distributed import average_float_buffers, average_gradients
 from fewlabels.fewshot.config import FewShotOptions
 from fewlabels.fewshot.episodes import Episodes
 from fewlabels.fewshot.episodic_training import train_episodically
@@ -91,8 +92,9 @@ def adapted_query_logits(network: nn.Module, parameters: Tensors, buffers: Tenso
 def meta_train(network: MamlNetwork, task: FewShotTask, options: FewShotOptions
                ) -> dict[str, float]:
     """Meta-train ``network`` on episodes of the base classes: per outer step,
-    ``meta_batch`` tasks, each backpropagated at once (one graph alive at a time), then one
-    Adam step on the mean query loss."""
+    ``meta_batch`` tasks per device, each backpropagated at once (one graph alive at a time),
+    the gradients averaged over devices, then one Adam step on the mean query loss. Batch-norm
+    running statistics are averaged over devices at the end."""
     ways = network.head.out_features
     sampler = base_sampler(task, ways)
     optimizer = torch.optim.Adam(network.parameters(), lr=options.learning_rate)
@@ -112,12 +114,15 @@ def meta_train(network: MamlNetwork, task: FewShotTask, options: FewShotOptions
             loss = F.cross_entropy(logits, query_labels) / len(episodes)
             loss.backward()
             total += loss.item()
+        average_gradients(network.parameters())
         optimizer.step()
         return total
 
     steps, minutes = options.training_length()
-    return train_episodically(step, sampler, episodes_per_step=options.meta_batch,
-                              steps=steps, minutes=minutes, seed=task.seed).to_dict()
+    log = train_episodically(step, sampler, episodes_per_step=options.meta_batch, steps=steps,
+                             minutes=minutes, seed=task.seed, device=task.device)
+    average_float_buffers(network)
+    return log.to_dict()
 
 
 def maml_accuracies(network: MamlNetwork, task: FewShotTask, steps: int,
