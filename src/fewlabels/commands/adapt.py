@@ -36,6 +36,7 @@ from fewlabels.commands.arguments import (
     add_backbone_options,
     add_config_options,
     add_device_options,
+    add_on_corrupt_option,
     add_run_options,
     given_config_values,
     number,
@@ -99,9 +100,7 @@ def add_parser(subparsers: Any, argv: list[str]) -> None:
     data.add_argument("--image-size", type=number(int, 8, 1024), default=None,
                       help="resize source and target images to this side in pixels "
                            "(default: as stored; they must then be of one size)")
-    data.add_argument("--on-corrupt", choices=["skip", "error"], default="skip",
-                      help="an unreadable image in a folder: skip and count it, or stop "
-                           "(default skip)")
+    add_on_corrupt_option(data, "skip and count it")
     data.add_argument("--max-unlabeled", type=positive_int, default=None,
                       help="unlabeled stream of this many target training images, a seeded "
                            "random choice (default: all of them)")

@@ -82,12 +82,32 @@ def names(valid: Sequence[str]) -> Callable[[str], list[str]]:
     return parse
 
 
+ACCELERATORS = ["auto", "cpu", "cuda", "mps"]
+ON_CORRUPT = ["skip", "error"]
+
+
+def add_accelerator_option(parser: Any, purpose: str = "") -> None:
+    """--accelerator for a command that runs on one device: ``purpose`` ends the sentence
+    "device ..." of its help."""
+    parser.add_argument("--accelerator", default="auto", choices=ACCELERATORS,
+                        help=" ".join(filter(None, ["device", purpose]))
+                        + " (default auto: a GPU when there is one)")
+
+
+def add_on_corrupt_option(parser: Any, skipped: str = "skip it") -> None:
+    """--on-corrupt: what an unreadable image in a folder does; ``skipped`` says what
+    skipping means for the command's output."""
+    parser.add_argument("--on-corrupt", choices=ON_CORRUPT, default="skip",
+                        help=f"an unreadable image in a folder: {skipped}, or stop "
+                             "(default skip)")
+
+
 def add_device_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("devices and reproducibility")
     group.add_argument("--devices", default="1",
                        help="devices per machine: a number, 'auto', or GPU ids like 0,1 "
                             "(default 1)")
-    group.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+    group.add_argument("--accelerator", default="auto", choices=ACCELERATORS,
                        help="hardware to train on (default auto: a GPU when there is one)")
     group.add_argument("--num-nodes", type=positive_int, default=1,
                        help="machines taking part in distributed training (default 1)")
@@ -145,9 +165,7 @@ def add_data_options(parser: argparse.ArgumentParser, default_help: str,
         group.add_argument("--image-size", type=number(int, 8, 1024), default=None,
                            help="resize images to this side in pixels (default: as stored; "
                                 "folder images 32)")
-    group.add_argument("--on-corrupt", choices=["skip", "error"], default="skip",
-                       help="an unreadable image in a folder: skip and count it, or stop "
-                            "(default skip)")
+    add_on_corrupt_option(group, "skip and count it")
 
 
 def add_config_options(parser: argparse.ArgumentParser, config_class: type, dest_prefix: str,

@@ -12,7 +12,10 @@ from typing import Any
 
 import torch
 
-from fewlabels.commands.arguments import positive_int
+from fewlabels.commands.arguments import (
+    add_on_corrupt_option,
+    positive_int,
+)
 from fewlabels.commands.export import load_network
 from fewlabels.data import load_dataset
 from fewlabels.errors import UserError
@@ -38,8 +41,7 @@ def add_parser(subparsers: Any, argv: list[str]) -> None:  # noqa: ARG001
     parser.add_argument("--representation", default=None,
                         help="which network of the run, e.g. backbone or teacher (default: "
                              "the one the run declares)")
-    parser.add_argument("--on-corrupt", choices=["skip", "error"], default="skip",
-                        help="an unreadable image in a folder: skip it or stop (default skip)")
+    add_on_corrupt_option(parser)
 
 
 @dataclass

@@ -18,7 +18,13 @@ import torch.nn.functional as F
 
 from fewlabels.clustering import kmeans
 from fewlabels.clustering.kmeans import cluster_means
-from fewlabels.commands.arguments import DATA_HELP, number, positive_int
+from fewlabels.commands.arguments import (
+    DATA_HELP,
+    add_accelerator_option,
+    add_on_corrupt_option,
+    number,
+    positive_int,
+)
 from fewlabels.commands.evaluate import evaluation_device
 from fewlabels.data import load_dataset
 from fewlabels.data.imageset import ImageSet
@@ -64,10 +70,8 @@ def add_parser(subparsers: Any, argv: list[str]) -> None:  # noqa: ARG001
                              "the one the run declares)")
     parser.add_argument("--seed", type=number(int, 0), default=0,
                         help="seed of the k-means initialisation (default 0)")
-    parser.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                        help="device for the features (default auto)")
-    parser.add_argument("--on-corrupt", choices=["skip", "error"], default="skip",
-                        help="an unreadable image in a folder: skip it or stop (default skip)")
+    add_accelerator_option(parser, "for the features")
+    add_on_corrupt_option(parser)
 
 
 @dataclass

@@ -15,7 +15,11 @@ from typing import Any
 import numpy as np
 
 from fewlabels.atomic import atomic_output, atomic_write_text
-from fewlabels.commands.arguments import positive_int
+from fewlabels.commands.arguments import (
+    add_accelerator_option,
+    add_on_corrupt_option,
+    positive_int,
+)
 from fewlabels.commands.evaluate import evaluation_device
 from fewlabels.commands.export import load_network
 from fewlabels.data import load_dataset, parse_spec
@@ -47,11 +51,8 @@ def add_parser(subparsers: Any, argv: list[str]) -> None:  # noqa: ARG001
                              "one the run declares)")
     parser.add_argument("--batch-size", type=positive_int, default=512,
                         help="images per forward pass (default 512)")
-    parser.add_argument("--on-corrupt", choices=["skip", "error"], default="skip",
-                        help="an unreadable image in a folder: skip it (its row and name are "
-                             "left out) or stop (default skip)")
-    parser.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                        help="device for feature extraction (default auto)")
+    add_on_corrupt_option(parser, "skip it (its row and name are left out)")
+    add_accelerator_option(parser, "for feature extraction")
 
 
 def names_path(out: Path) -> Path:

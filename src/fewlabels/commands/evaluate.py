@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from fewlabels.commands.arguments import (
+    add_accelerator_option,
     add_data_options,
     budgets,
     names,
@@ -70,8 +71,7 @@ def add_parser(subparsers: Any, argv: list[str]) -> None:  # noqa: ARG001
     parser.add_argument("--seed", type=number(int, 0), default=0,
                         help="first split seed (and k-means seed of the clusters protocol); "
                              "seeds seed..seed+N-1 are used (default 0)")
-    parser.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                        help="device for feature extraction and the supervised baseline")
+    add_accelerator_option(parser, "for feature extraction and the supervised baseline")
 
 
 def add_evaluation_options(parser: Any) -> None:

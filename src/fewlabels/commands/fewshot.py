@@ -17,6 +17,7 @@ import torch
 from fewlabels.atomic import atomic_write_text
 from fewlabels.commands.arguments import (
     DEFAULT_DATA,
+    add_accelerator_option,
     add_backbone_options,
     add_config_options,
     add_data_options,
@@ -84,8 +85,7 @@ def add_parser(subparsers: Any, argv: list[str]) -> None:  # noqa: ARG001
                                "(default 0)")
     add_data_options(parser, f"the --init run's data, else {DEFAULT_DATA}")
     add_backbone_options(parser, " (methods that train; ignored with --init)")
-    parser.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                        help="device to train and test on (default auto)")
+    add_accelerator_option(parser, "to train and test on")
     parser.add_argument("--devices", default="1",
                         help="devices per machine for the episodic methods ("
                              + ", ".join(EPISODIC_METHODS) + "): each trains on its own "

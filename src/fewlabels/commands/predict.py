@@ -34,7 +34,12 @@ import torch
 
 from fewlabels.atomic import atomic_write_text
 from fewlabels.calibration import confidence_calibration_error
-from fewlabels.commands.arguments import DATA_HELP, positive_int
+from fewlabels.commands.arguments import (
+    DATA_HELP,
+    add_accelerator_option,
+    add_on_corrupt_option,
+    positive_int,
+)
 from fewlabels.commands.evaluate import evaluation_device
 from fewlabels.data import load_dataset
 from fewlabels.data.bundle import PART_NAMES
@@ -73,11 +78,8 @@ def add_parser(subparsers: Any, argv: list[str]) -> None:  # noqa: ARG001
                         help="write the plain softmax even when the run has a temperature")
     parser.add_argument("--batch-size", type=positive_int, default=512,
                         help="images per forward pass (default 512)")
-    parser.add_argument("--on-corrupt", choices=["skip", "error"], default="skip",
-                        help="an unreadable image in a folder: skip it (it gets no row) or "
-                             "stop (default skip)")
-    parser.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                        help="device to predict on (default auto)")
+    add_on_corrupt_option(parser, "skip it (it gets no row)")
+    add_accelerator_option(parser, "to predict on")
 
 
 @dataclass

@@ -15,7 +15,13 @@ from typing import Any
 import torch
 
 from fewlabels.augment.convert import normalize, to_float
-from fewlabels.commands.arguments import DATA_HELP, number, positive_int
+from fewlabels.commands.arguments import (
+    DATA_HELP,
+    add_accelerator_option,
+    add_on_corrupt_option,
+    number,
+    positive_int,
+)
 from fewlabels.commands.evaluate import evaluation_device
 from fewlabels.data import load_dataset
 from fewlabels.errors import UserError
@@ -43,10 +49,8 @@ def add_parser(subparsers: Any, argv: list[str]) -> None:  # noqa: ARG001
                         help=f"how many images (default {DEFAULT_IMAGES})")
     parser.add_argument("--seed", type=number(int, 0), default=0,
                         help="seed of the choice of images and of their masks (default 0)")
-    parser.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                        help="device (default auto)")
-    parser.add_argument("--on-corrupt", choices=["skip", "error"], default="skip",
-                        help="an unreadable image in a folder: skip it or stop (default skip)")
+    add_accelerator_option(parser)
+    add_on_corrupt_option(parser)
 
 
 def reconstructing_methods() -> list[str]:
