@@ -9,13 +9,14 @@ import torch
 
 import fewlabels.active.network_rounds as network_rounds
 import fewlabels.active.simulate as simulate_module
-from fewlabels.active.network_classifier import NetworkClassifier, network_features
+from fewlabels.active.network_classifier import NetworkClassifier
 from fewlabels.active.network_rounds import NetworkRounds, NetworkTraining
 from fewlabels.active.pool import run_features
 from fewlabels.active.simulate import simulate_curve
 from fewlabels.augment.convert import normalize, to_float
 from fewlabels.cli import main
 from fewlabels.data.labeled import train_and_test
+from fewlabels.evaluate.features import extract_features
 from fewlabels.evaluate.linear_probe import FeaturePreprocessing
 
 SAMPLE = "fashion-mnist-sample"
@@ -61,7 +62,7 @@ def test_pool_probabilities_are_the_trained_networks_softmax(run_dir, sample, re
     assert torch.allclose(model.test_probabilities, direct_test, atol=1e-5)
     assert model.classifier.num_classes == 10 and model.classifier.temperature == 1.0
     # eval mode: a batch's statistics do not matter, the features are the same in any batches
-    small_batches = network_features(network.backbone, train.images[:100], mean, std,
+    small_batches = extract_features(network.backbone, train.images[:100], mean, std,
                                      batch_size=7)
     assert torch.allclose(small_batches, model.features[:100], atol=1e-5)
     assert torch.allclose(model.prepared, FeaturePreprocessing.fit(model.features)(

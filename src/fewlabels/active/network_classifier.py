@@ -3,11 +3,11 @@ strategies use for the linear probe (:class:`~fewlabels.active.classifier.RoundC
 
 A classifier method's network is a backbone and a linear head
 (:class:`~fewlabels.semi.base.ClassifierNetwork`). One pass over the pool's images
-(:func:`network_features`: batched, ``no_grad``, eval mode) gives the backbone's features
-``[N, D]``; :class:`NetworkClassifier` holds the head and turns features into logits and
-probabilities, so ``probabilities(network_features(images))`` is the network's softmax on the
-images, and the strategies that measure distances (core-set, TypiClust, the spread of a
-batch) get the same features without a second pass.
+(:func:`fewlabels.evaluate.features.extract_features`: batched, ``no_grad``, eval mode)
+gives the backbone's features ``[N, D]``; :class:`NetworkClassifier` holds the head and
+turns features into logits and probabilities, so its probabilities of those features are the
+network's softmax on the images, and the strategies that measure distances (core-set,
+TypiClust, the spread of a batch) get the same features without a second pass.
 
 Calibration: the temperature stays 1 unless given. Fitting one on the network's own training
 images would see logits it was trained to and come out too small (over-confident), and fitting
@@ -22,40 +22,17 @@ classifier has none (:data:`NETWORK_STRATEGIES`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from fewlabels.active.strategies import COMMITTEE_SCORES, STRATEGIES
-from fewlabels.augment.convert import normalize, to_float
 from fewlabels.calibration import calibrated_probabilities
 
 # the strategies a network classifier can serve: all but the committees of refitted probes
 NETWORK_STRATEGIES = tuple(s for s in STRATEGIES if s not in COMMITTEE_SCORES)
 DEFAULT_POOL_BATCH = 1024
-
-
-@torch.no_grad()
-def network_features(backbone: nn.Module, images: torch.Tensor, mean: Sequence[float],
-                     std: Sequence[float], *, batch_size: int = DEFAULT_POOL_BATCH,
-                     device: torch.device | str = "cpu") -> torch.Tensor:
-    """The backbone's features ``[N, D]`` (float32, CPU) of uint8 ``images`` ``[N, C, H, W]``,
-    normalised with ``mean`` and ``std``, in batches of ``batch_size`` (memory: one batch's
-    activations and the ``[N, D]`` result). The backbone runs in eval mode and gets its mode
-    back afterwards."""
-    was_training = backbone.training
-    backbone.eval().to(device)
-    try:
-        parts = [backbone(normalize(to_float(images[start:start + batch_size].to(device)),
-                                    mean, std, inplace=True)).float().cpu()
-                 for start in range(0, len(images), batch_size)]
-    finally:
-        backbone.train(was_training)
-    if not parts:
-        return torch.zeros(0, int(getattr(backbone, "feature_dim", 0)))
-    return torch.cat(parts)
 
 
 @dataclass

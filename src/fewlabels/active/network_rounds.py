@@ -20,7 +20,7 @@ The pool's labels are never given to the training, not even as the "hidden label
 logs: what trains sees the labeled positions and the labels the oracle revealed for them.
 The moving average of the weights (decay fitted to the length,
 :func:`~fewlabels.semi.training.moving_average_decay`) is then read once over the pool and
-once over the test images (:func:`~fewlabels.active.network_classifier.network_features`):
+once over the test images (:func:`~fewlabels.evaluate.features.extract_features`):
 its backbone's features feed the strategies' distances, its head the probabilities
 (:class:`~fewlabels.active.network_classifier.NetworkClassifier`, temperature 1: not
 calibrated; the rounds report its expected calibration error).
@@ -40,11 +40,11 @@ from fewlabels.active.network_classifier import (
     DEFAULT_POOL_BATCH,
     NETWORK_STRATEGIES,
     NetworkClassifier,
-    network_features,
 )
 from fewlabels.active.simulate import RoundModel
 from fewlabels.data.imageset import ImageSet
 from fewlabels.errors import UserError
+from fewlabels.evaluate.features import extract_features
 from fewlabels.evaluate.linear_probe import FeaturePreprocessing
 from fewlabels.evaluate.semi_protocol import SEMI_OPTIONS
 from fewlabels.methods.base import DataInfo
@@ -251,9 +251,9 @@ class NetworkRounds:
                              "seconds": round(trained.seconds, 2)})
         network = trained.network()
         mean, std = self.data.mean, self.data.std
-        features = network_features(network.backbone, self.pool_images, mean, std,
+        features = extract_features(network.backbone, self.pool_images, mean, std,
                                     batch_size=self.batch_size, device=self.device)
-        test_features = network_features(network.backbone, self.test_images, mean, std,
+        test_features = extract_features(network.backbone, self.test_images, mean, std,
                                          batch_size=self.batch_size, device=self.device)
         classifier = NetworkClassifier.from_head(network.classifier)
         prepared = FeaturePreprocessing.fit(features)(features)
