@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import gc
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from fewlabels.engine.sampling import step_seed
 from fewlabels.engine.streams import LabeledStream
 from fewlabels.engine.trainer import TrainConfig, Trainer
 from fewlabels.runs import backbone_spec, build_method, data_info, method_class, method_config
+from gloo_processes import free_port
 
 NUM_IMAGES = 64
 
@@ -143,12 +143,6 @@ def _worker(rank: int, world: int, port: int, arguments: dict[str, Any], out: st
             dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def compare_one_and_two_processes(tmp_path: Path, method: str, options: dict[str, Any],
                                   backbone: dict[str, Any], steps: int = 3,
                                   batch_size: int = 16,
@@ -163,7 +157,7 @@ def compare_one_and_two_processes(tmp_path: Path, method: str, options: dict[str
                  "batch_size": batch_size, "recipe": recipe, "channels": channels,
                  "labeled": labeled, "classes": classes}
     single = train_steps(**arguments, backbone=dict(backbone), out=tmp_path / "single")
-    mp.spawn(_worker, args=(2, _free_port(), {**arguments, "backbone": dict(backbone)},
+    mp.spawn(_worker, args=(2, free_port(), {**arguments, "backbone": dict(backbone)},
                             str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     for step, loss in enumerate(single["losses"]):

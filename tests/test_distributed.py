@@ -1,15 +1,11 @@
 """A 2-process CPU DDP run (gloo) against one process on the same global batch."""
 
-import gc
-import os
-import socket
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from fewlabels.losses import nt_xent_loss
+from gloo_processes import run_on_processes
 
 GLOBAL_BATCH = 8
 
@@ -25,20 +21,6 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
         GLOBAL_BATCH, 6, generator=generator)
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        _compare_step(rank, world, out_dir)
-        dist.barrier()  # neither process tears gloo down while the other still talks to it
-    finally:
-        # The DDP reducer and autograd graph were freed with _compare_step's frame; collect any
-        # cycle now so no gloo work object outlives the process group into interpreter exit,
-        # where freeing it aborts the process ("terminate called without an active exception").
-        gc.collect()
-        dist.destroy_process_group()
-
-
 def _compare_step(rank: int, world: int, out_dir: str) -> None:
     model = nn.parallel.DistributedDataParallel(_model())
     view1, view2 = _data()
@@ -49,14 +31,8 @@ def _compare_step(rank: int, world: int, out_dir: str) -> None:
     torch.save({"loss": loss.detach(), "grads": grads}, f"{out_dir}/rank{rank}.pt")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_gathered_nt_xent_matches_single_process(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    run_on_processes(_compare_step, tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
 
     model = _model()

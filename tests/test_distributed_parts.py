@@ -6,13 +6,8 @@ One spawn runs every check (starting processes is the slow part); the workers sa
 computed and the test compares it with a single process on the whole batch.
 """
 
-import gc
-import os
-import socket
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from fewlabels.distributed import (
@@ -22,6 +17,7 @@ from fewlabels.distributed import (
 from fewlabels.engine.epoch_work import sharded_features
 from fewlabels.losses import moco_batch_loss, teacher_entropy, updated_center
 from fewlabels.models.memory import FeatureQueue, MemoryBank
+from gloo_processes import run_on_processes
 
 GLOBAL_BATCH = 8
 WORLD = 2
@@ -89,7 +85,7 @@ def _queue_and_bank(data: dict, parts: list[slice]) -> tuple[FeatureQueue, Memor
     return queue, bank
 
 
-def _compare(rank: int, out_dir: str) -> None:
+def _compare(rank: int, world: int, out_dir: str) -> None:  # noqa: ARG001
     data = _data()
     part = _local(rank)
     results = {}
@@ -111,28 +107,8 @@ def _compare(rank: int, out_dir: str) -> None:
     torch.save(results, f"{out_dir}/rank{rank}.pt")
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        _compare(rank, out_dir)
-        dist.barrier()  # neither process tears gloo down while the other still talks to it
-    finally:
-        # Free any DDP reducer or autograd cycle before the process group goes (see
-        # tests/test_distributed.py): a gloo work object outliving it aborts the process.
-        gc.collect()
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_processes_equal_one_process_on_the_global_batch(tmp_path):
-    mp.spawn(_worker, args=(WORLD, _free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    run_on_processes(_compare, tmp_path, WORLD)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     data = _data()
     everything = slice(0, GLOBAL_BATCH)

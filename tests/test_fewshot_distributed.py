@@ -2,18 +2,14 @@
 ProtoNet and MAML (second order) take the same optimiser steps, and both processes end with
 the same network (batch-norm statistics averaged)."""
 
-import gc
-import os
-import socket
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from fewlabels.fewshot.config import FewShotOptions
 from fewlabels.fewshot.maml import MamlNetwork, meta_train
 from fewlabels.fewshot.protonet import train_protonet
 from fewshot_tasks import tiny_task
+from gloo_processes import run_on_processes
 
 STEPS = 3
 
@@ -40,27 +36,13 @@ def _train(method: str, episodes_per_step: int) -> dict[str, torch.Tensor]:
     return {name: value.detach().clone() for name, value in network.state_dict().items()}
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        for method in ("protonet", "maml"):
-            torch.save(_train(method, 1), f"{out_dir}/{method}{rank}.pt")
-        dist.barrier()
-    finally:
-        gc.collect()
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _train_both(rank: int, world: int, out_dir: str) -> None:  # noqa: ARG001
+    for method in ("protonet", "maml"):
+        torch.save(_train(method, 1), f"{out_dir}/{method}{rank}.pt")
 
 
 def test_two_processes_take_the_steps_of_one_on_all_their_episodes(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    run_on_processes(_train_both, tmp_path)
     for method in ("protonet", "maml"):
         ranks = [torch.load(tmp_path / f"{method}{rank}.pt") for rank in range(2)]
         single = _train(method, 2)

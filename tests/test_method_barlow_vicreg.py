@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import engine_harness
+import gloo_processes
 from engine_harness import compare_one_and_two_processes, train_steps
 from fewlabels.cli import main
 from fewlabels.data.imageset import ImageSet
@@ -188,7 +189,7 @@ def test_barlow_twins_two_processes_equal_one_and_a_non_autograd_all_reduce_woul
 
     buggy = tmp_path / "buggy"
     buggy.mkdir()
-    mp.spawn(_worker_with_the_bug, args=(2, engine_harness._free_port(), arguments(0.5),
+    mp.spawn(_worker_with_the_bug, args=(2, gloo_processes.free_port(), arguments(0.5),
                                          str(buggy)), nprocs=2, join=True)
     ranks = [torch.load(buggy / f"rank{r}.pt", weights_only=False) for r in range(2)]
     single = train_steps(**arguments(0.5), out=tmp_path / "single")

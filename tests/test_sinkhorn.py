@@ -2,19 +2,15 @@
 stability with large scores and a small epsilon, and 2 processes equal to 1 on the
 concatenated batch; each on both paths (float64 scalings and the log domain)."""
 
-import gc
 import math
-import os
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import fewlabels.clustering.sinkhorn as sinkhorn_module
 from fewlabels.clustering.sinkhorn import sinkhorn_knopp
 from fewlabels.errors import UserError
+from gloo_processes import run_on_processes
 
 PATHS = ("products", "log domain")
 
@@ -132,34 +128,20 @@ def test_bad_input_is_a_user_error():
 LOCAL_ROWS = (3, 5)  # unequal local batches
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        start = sum(LOCAL_ROWS[:rank])
-        local = _scores(sum(LOCAL_ROWS), 4, seed=3)[start: start + LOCAL_ROWS[rank]]
-        results = {}
-        for path in PATHS:
-            _force(path)
-            results[path, "swav"] = sinkhorn_knopp(local, 0.05, 3, across_devices=True)
-            results[path, "converged"] = sinkhorn_knopp(local, 0.5, 10_000,
-                                                        across_devices=True, tolerance=1e-6)
-        torch.save(results, f"{out_dir}/rank{rank}.pt")
-        dist.barrier()
-    finally:
-        gc.collect()
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _compare(rank: int, world: int, out_dir: str) -> None:  # noqa: ARG001
+    start = sum(LOCAL_ROWS[:rank])
+    local = _scores(sum(LOCAL_ROWS), 4, seed=3)[start: start + LOCAL_ROWS[rank]]
+    results = {}
+    for path in PATHS:
+        _force(path)
+        results[path, "swav"] = sinkhorn_knopp(local, 0.05, 3, across_devices=True)
+        results[path, "converged"] = sinkhorn_knopp(local, 0.5, 10_000,
+                                                    across_devices=True, tolerance=1e-6)
+    torch.save(results, f"{out_dir}/rank{rank}.pt")
 
 
 def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path, monkeypatch):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    run_on_processes(_compare, tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     scores = _scores(sum(LOCAL_ROWS), 4, seed=3)
     monkeypatch.setattr(sinkhorn_module, "SCALING_FORM_MAX_RANGE",

@@ -46,9 +46,9 @@ from fewlabels.data.imageset import ImageSet
 from fewlabels.errors import UserError
 from fewlabels.evaluate.features import extract_features
 from fewlabels.evaluate.linear_probe import FeaturePreprocessing
-from fewlabels.evaluate.semi_protocol import SEMI_OPTIONS
+from fewlabels.evaluate.semi_protocol import SEMI_OPTIONS, parse_semi_options
 from fewlabels.methods.base import DataInfo
-from fewlabels.options import field_types, from_plain, parse_text
+from fewlabels.options import from_plain
 from fewlabels.semi.registry import SEMI_METHODS
 from fewlabels.semi.training import moving_average_decay, train_classifier
 
@@ -72,25 +72,6 @@ def refuse_strategies(strategies: Sequence[str], classifier: str) -> None:
         raise UserError(f"--strategy {','.join(refused)} needs a committee of probes, which "
                         f"--classifier {classifier} has not; choose from "
                         f"{', '.join(NETWORK_STRATEGIES)}, or use --classifier probe")
-
-
-def parse_method_options(method: str, texts: Sequence[str]) -> dict[str, Any]:
-    """``NAME=VALUE`` texts (``head-init=probe``) as options of classifier method ``method``,
-    parsed with their types; an unknown name or a bad value is a one-line error."""
-    types = field_types(SEMI_METHODS.get(method).Config)
-    options: dict[str, Any] = {}
-    for text in texts:
-        name, separator, value = text.partition("=")
-        key = name.strip().removeprefix("--").replace("-", "_")
-        if not separator or key not in types:
-            valid = ", ".join(sorted(name.replace("_", "-") for name in types))
-            raise UserError(f"--classifier-option {text!r}: give NAME=VALUE with a {method} "
-                            f"option name, one of: {valid}")
-        try:
-            options[key] = parse_text(types[key], value)
-        except ValueError as error:
-            raise UserError(f"--classifier-option {text!r}: {error}") from None
-    return options
 
 
 @dataclass
@@ -136,7 +117,7 @@ class NetworkTraining:
                                 + (" (or --classifier finetune)" if method == "supervised"
                                    else ""))
         defaults = dict(SEMI_OPTIONS) if kind == "semi" else {}
-        options = {**defaults, **parse_method_options(method, option_texts)}
+        options = {**defaults, **parse_semi_options(method, option_texts, "--classifier-option")}
         steps = steps if steps is not None else DEFAULT_STEPS[kind]
         options.setdefault("ema_decay", moving_average_decay(steps))
         return cls(kind, method, steps, minutes, options, unlabeled)

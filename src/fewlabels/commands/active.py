@@ -39,6 +39,8 @@ from fewlabels.active.state import CSV_COLUMNS
 from fewlabels.active.strategies import STRATEGIES, QueryOptions
 from fewlabels.commands.arguments import (
     DATA_HELP,
+    add_accelerator_option,
+    add_on_corrupt_option,
     names,
     non_negative_int,
     number,
@@ -139,10 +141,8 @@ def _add_simulate(commands: Any) -> None:
     parser.add_argument("--representation", default=None,
                         help="which network of the run gives the features (default: the one "
                              "the run declares)")
-    parser.add_argument("--on-corrupt", choices=["skip", "error"], default="skip",
-                        help="an unreadable image in a folder: skip it or stop (default skip)")
-    parser.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                        help="device for feature extraction (default auto)")
+    add_on_corrupt_option(parser)
+    add_accelerator_option(parser, "for feature extraction and the rounds' training")
     _add_classifier_options(parser)
     _add_query_options(parser)
 
@@ -232,10 +232,8 @@ def _add_next(commands: Any) -> None:
                              "(needed for a folder without class folders)")
     parser.add_argument("--seed", type=number(int, 0), default=0,
                         help="seed of the loop, fixed when it starts (default 0)")
-    parser.add_argument("--on-corrupt", choices=["skip", "error"], default="skip",
-                        help="an unreadable image in the folder: skip it or stop (default skip)")
-    parser.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                        help="device for feature extraction (default auto)")
+    add_on_corrupt_option(parser)
+    add_accelerator_option(parser, "for feature extraction")
     _add_query_options(parser)
 
 

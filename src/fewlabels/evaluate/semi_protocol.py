@@ -19,7 +19,7 @@ see the benchmark notes in docs/benchmarks.md.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -38,9 +38,11 @@ SEMI_STEPS = 400
 SEMI_OPTIONS: dict[str, Any] = {"backbone_lr_scale": 0.1, "head_init": "probe"}
 
 
-def parse_semi_options(method: str, texts: list[str]) -> dict[str, Any]:
+def parse_semi_options(method: str, texts: Sequence[str], flag: str = "--semi-option"
+                       ) -> dict[str, Any]:
     """Method options given as ``NAME=VALUE`` texts (``backbone-lr-scale=0``), parsed with
-    the method's option types; an unknown name or a bad value is a one-line error."""
+    the method's option types; an unknown name or a bad value is a one-line error naming the
+    command-line ``flag`` they came from."""
     types = field_types(SEMI_METHODS.get(method).Config)
     options: dict[str, Any] = {}
     for text in texts:
@@ -48,12 +50,12 @@ def parse_semi_options(method: str, texts: list[str]) -> dict[str, Any]:
         key = name.strip().removeprefix("--").replace("-", "_")
         if not separator or key not in types:
             valid = ", ".join(sorted(name.replace("_", "-") for name in types))
-            raise UserError(f"--semi-option {text!r}: give NAME=VALUE with a {method} option "
+            raise UserError(f"{flag} {text!r}: give NAME=VALUE with a {method} option "
                             f"name, one of: {valid}")
         try:
             options[key] = parse_text(types[key], value)
         except ValueError as error:
-            raise UserError(f"--semi-option {text!r}: {error}") from None
+            raise UserError(f"{flag} {text!r}: {error}") from None
     return options
 
 
