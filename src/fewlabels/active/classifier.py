@@ -52,6 +52,16 @@ def _probe_at(decay: float, features: torch.Tensor, labels: torch.Tensor, num_cl
                         preprocessing=preprocessing)
 
 
+def dropout_weight_samples(weight: torch.Tensor, samples: int, rate: float,
+                           generator: torch.Generator) -> torch.Tensor:
+    """``samples`` Monte-Carlo dropout versions ``W diag(m_s) / (1 - p)`` of a linear
+    classifier's ``weight`` ``[C, D]`` (dropout with rate ``p`` on its input), ``[S, C, D]``."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+    keep = torch.rand(samples, 1, weight.shape[1], generator=generator) >= rate
+    return weight.unsqueeze(0) * keep.float() / (1.0 - rate)
+
+
 @dataclass
 class RoundClassifier:
     """A fitted probe with its temperature, on the raw features of the labeled images."""
@@ -79,12 +89,9 @@ class RoundClassifier:
     def dropout_weights(self, samples: int, rate: float, generator: torch.Generator
                         ) -> torch.Tensor:
         """``samples`` dropout versions of the probe's weight, ``[S, C, D]``."""
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
         weight = self.probe.weight
         assert weight is not None
-        keep = torch.rand(samples, 1, weight.shape[1], generator=generator) >= rate
-        return weight.unsqueeze(0) * keep.float() / (1.0 - rate)
+        return dropout_weight_samples(weight, samples, rate, generator)
 
     @torch.no_grad()
     def sampled_probabilities(self, features: torch.Tensor, weights: torch.Tensor

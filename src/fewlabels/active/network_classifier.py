@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fewlabels.active.classifier import dropout_weight_samples
 from fewlabels.active.strategies import COMMITTEE_SCORES, STRATEGIES
 from fewlabels.calibration import calibrated_probabilities
 
@@ -68,10 +69,7 @@ class NetworkClassifier:
     def dropout_weights(self, samples: int, rate: float, generator: torch.Generator
                         ) -> torch.Tensor:
         """``samples`` dropout versions of the head's weight, ``[S, C, D]``."""
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
-        keep = torch.rand(samples, 1, self.weight.shape[1], generator=generator) >= rate
-        return self.weight.unsqueeze(0) * keep.float() / (1.0 - rate)
+        return dropout_weight_samples(self.weight, samples, rate, generator)
 
     @torch.no_grad()
     def sampled_probabilities(self, features: torch.Tensor, weights: torch.Tensor
