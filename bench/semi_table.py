@@ -1,10 +1,12 @@
 """The classifiers-from-few-labels table: every semi-supervised method, the supervised
 baselines and fine-tuning, at fixed label budgets, split seeds and minutes of training.
 
-Each cell is one `fewlabels semi` run into ``OUT/ROW/LABELS/seed_S``; a cell with a
-``result.json`` is read, not rerun, and a killed cell resumes, so the table fills over
-several sessions. The report (``--report``) prints the Markdown table (mean and spread of
-test accuracy over the seeds run) and writes ``OUT/table.json``.
+Each cell is one `fewlabels semi` run into ``OUT/ROW/LABELS/seed_S`` (not kept in git); a
+killed cell resumes. A finished cell leaves a small record in ``bench/records/semi_table``
+(kept in git: test accuracy, steps, speed, pseudo-label columns, the machine and the day), and
+a cell with a record is not rerun, so the table fills over several sessions and checkouts.
+The report (``--report``) prints the Markdown table from the records: mean and spread of test
+accuracy over the seeds run, and the machines and days the cells ran on.
 
     .venv/bin/python bench/semi_table.py --rows supervised,fixmatch --labels 40,250 \\
         --seeds 0 --minutes 20 --init bench/results/simclr/run
@@ -17,13 +19,19 @@ their name. Run on a quiet machine: the budget is wall-clock minutes.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import platform
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from fewlabels.atomic import atomic_write_text
+
+RECORDS = Path(__file__).resolve().parent / "records" / "semi_table"
 
 INIT = "{init}"
 PROTECTED = ["--init", INIT, "--backbone-lr-scale", "0.1", "--head-init", "probe"]
@@ -52,10 +60,50 @@ def cell_folder(out: Path, row: str, labels: int, seed: int) -> Path:
     return out / row / str(labels) / f"seed_{seed}"
 
 
+def record_path(records: Path, row: str, labels: int, seed: int) -> Path:
+    return records / f"{row}-{labels}-seed_{seed}.json"
+
+
+def machine() -> str:
+    """The CPU by name, family and model (this machine's kind changes between sessions)."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return platform.processor() or platform.machine()
+    return (f"{fields.get('model name', platform.machine())}, family {fields.get('cpu family')}"
+            f" model {fields.get('model')}, {torch.get_num_threads()} threads")
+
+
+def record_cell(folder: Path, record: Path, row: str, labels: int, seed: int) -> dict:
+    """Keep a finished cell's numbers in ``record`` (the run folder is not kept)."""
+    summary = json.loads((folder / "result.json").read_text())
+    last = last_metrics(folder)
+    finished = datetime.datetime.fromtimestamp((folder / "result.json").stat().st_mtime)
+    entry = {"row": row, "labels": labels, "seed": seed,
+             "test_accuracy": summary["test_accuracy"], "step": summary["step"],
+             "images_per_second": summary.get("images_per_second"),
+             "minutes": summary.get("minutes"), "init": summary.get("init"),
+             "pseudo_label_rate": last.get("pseudo_label_rate"),
+             "pseudo_label_accuracy": last.get("pseudo_label_accuracy"),
+             "machine": machine(), "torch": torch.__version__,
+             "date": finished.date().isoformat()}
+    record.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(record, json.dumps(entry, indent=2) + "\n")
+    return entry
+
+
 def run_cell(args: argparse.Namespace, row: str, labels: int, seed: int) -> None:
     folder = cell_folder(args.out, row, labels, seed)
+    record = record_path(args.records, row, labels, seed)
+    if record.exists():
+        print(f"{row} {labels} seed {seed}: done ({record})")
+        return
     if (folder / "result.json").exists():
-        print(f"{row} {labels} seed {seed}: done")
+        record_cell(folder, record, row, labels, seed)
+        print(f"{row} {labels} seed {seed}: recorded in {record}")
         return
     method, extra = ROWS[row]
     if labels % args.classes:
@@ -73,6 +121,7 @@ def run_cell(args: argparse.Namespace, row: str, labels: int, seed: int) -> None
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.parent / f"seed_{seed}.log", "a") as log:
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
+    record_cell(folder, record, row, labels, seed)
 
 
 LAST_STEPS = 20  # logged steps averaged for the pseudo-label columns (one batch is noisy)
@@ -94,13 +143,12 @@ def last_metrics(folder: Path) -> dict:
     return last
 
 
-def report(out: Path) -> str:
+def report(records: Path) -> str:
+    """The Markdown table of every recorded cell, then the machines and days they ran on."""
     cells: dict[str, dict[int, list[dict]]] = {}
-    for result in sorted(out.glob("*/*/seed_*/result.json")):
-        row, labels = result.parts[-4], int(result.parts[-3])
-        summary = json.loads(result.read_text())
-        summary["last"] = last_metrics(result.parent)
-        cells.setdefault(row, {}).setdefault(labels, []).append(summary)
+    for path in sorted(records.glob("*.json")):
+        entry = json.loads(path.read_text())
+        cells.setdefault(entry["row"], {}).setdefault(entry["labels"], []).append(entry)
     budgets = sorted({labels for row in cells.values() for labels in row})
     lines = ["| row | " + " | ".join(f"{b} labels" for b in budgets)
              + " | steps | images/s | pseudo-label rate / accuracy (mean of the last "
@@ -119,9 +167,9 @@ def report(out: Path) -> str:
                 entries.append(f"{statistics.mean(accuracies):.1f} ± "
                                f"{statistics.stdev(accuracies):.1f} ({len(accuracies)} seeds)")
             steps += [r["step"] for r in runs]
-            speeds += [r.get("images_per_second", 0) for r in runs]
-            pseudo += [(r["last"]["pseudo_label_rate"], r["last"].get("pseudo_label_accuracy"))
-                       for r in runs if "pseudo_label_rate" in r["last"]]
+            speeds += [r.get("images_per_second") or 0 for r in runs]
+            pseudo += [(r["pseudo_label_rate"], r.get("pseudo_label_accuracy"))
+                       for r in runs if r.get("pseudo_label_rate") is not None]
         rate = ""
         if pseudo:
             rates = statistics.median(p[0] for p in pseudo)
@@ -130,7 +178,13 @@ def report(out: Path) -> str:
         lines.append(f"| {row} | " + " | ".join(entries)
                      + f" | {statistics.median(steps):,.0f} | {statistics.median(speeds):,.0f}"
                      f" | {rate} |")
-    atomic_write_text(out / "table.json", json.dumps(cells, indent=2) + "\n")
+    ran_on: dict[str, set[str]] = {}
+    for row in cells.values():
+        for runs in row.values():
+            for r in runs:
+                ran_on.setdefault(r["machine"], set()).add(r["date"])
+    lines.append("")
+    lines += [f"ran on {name}: {', '.join(sorted(days))}" for name, days in sorted(ran_on.items())]
     return "\n".join(lines)
 
 
@@ -145,7 +199,10 @@ def main() -> int:
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--init", type=Path, default=Path("bench/results/simclr/run"),
                         help="pretrained run for the rows that start from one")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/semi"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results/semi"),
+                        help="where the runs go (their folders are not kept in git)")
+    parser.add_argument("--records", type=Path, default=RECORDS,
+                        help="where each finished cell's numbers are kept (in git)")
     parser.add_argument("--report", action="store_true", help="only print the table")
     parser.add_argument("extra", nargs="*", help="options after -- go to every run")
     args = parser.parse_args()
@@ -157,7 +214,7 @@ def main() -> int:
             for labels in (int(n) for n in args.labels.split(",")):
                 for row in args.rows.split(","):
                     run_cell(args, row, labels, seed)
-    print(report(args.out))
+    print(report(args.records))
     return 0
 
 
