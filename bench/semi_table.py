@@ -143,41 +143,51 @@ def last_metrics(folder: Path) -> dict:
     return last
 
 
+def accuracy_text(runs: list[dict]) -> str:
+    accuracies = [100 * r["test_accuracy"] for r in runs]
+    if not accuracies:
+        return ""
+    if len(accuracies) == 1:
+        return f"{accuracies[0]:.1f} (1 seed)"
+    return (f"{statistics.mean(accuracies):.1f} ± {statistics.stdev(accuracies):.1f} "
+            f"({len(accuracies)} seeds)")
+
+
+def budget_table(cells: dict[str, dict[int, list[dict]]], budget: int) -> list[str]:
+    """One label budget: accuracy, then the median steps, speed and pseudo-label columns."""
+    lines = [f"| row ({budget} labels) | test accuracy | steps | images/s | pseudo-label rate / "
+             f"accuracy (mean of the last {LAST_STEPS} logged steps) |", "|---|---|---|---|---|"]
+    for row in ROWS:
+        runs = cells.get(row, {}).get(budget, [])
+        if not runs:
+            continue
+        pseudo = [(r["pseudo_label_rate"], r.get("pseudo_label_accuracy"))
+                  for r in runs if r.get("pseudo_label_rate") is not None]
+        rate = ""
+        if pseudo:
+            right = [p[1] for p in pseudo if p[1] is not None]
+            rate = f"{statistics.median(p[0] for p in pseudo):.2f}" + (
+                f" / {statistics.median(right):.2f}" if right else "")
+        speed = statistics.median(r.get("images_per_second") or 0 for r in runs)
+        lines.append(f"| {row} | {accuracy_text(runs)} | "
+                     f"{statistics.median(r['step'] for r in runs):,.0f} | {speed:,.0f} | {rate} |")
+    return lines
+
+
 def report(records: Path) -> str:
-    """The Markdown table of every recorded cell, then the machines and days they ran on."""
+    """The accuracy of every row at every budget, one table per budget with its steps, speed
+    and pseudo-label columns, then the machines and days the cells ran on."""
     cells: dict[str, dict[int, list[dict]]] = {}
     for path in sorted(records.glob("*.json")):
         entry = json.loads(path.read_text())
         cells.setdefault(entry["row"], {}).setdefault(entry["labels"], []).append(entry)
     budgets = sorted({labels for row in cells.values() for labels in row})
-    lines = ["| row | " + " | ".join(f"{b} labels" for b in budgets)
-             + " | steps | images/s | pseudo-label rate / accuracy (mean of the last "
-             f"{LAST_STEPS} logged steps) |",
-             "|---|" + "---|" * (len(budgets) + 3)]
-    for row in [name for name in ROWS if name in cells]:
-        entries, steps, speeds, pseudo = [], [], [], []
-        for budget in budgets:
-            runs = cells[row].get(budget, [])
-            accuracies = [100 * r["test_accuracy"] for r in runs]
-            if not accuracies:
-                entries.append("")
-            elif len(accuracies) == 1:
-                entries.append(f"{accuracies[0]:.1f} (1 seed)")
-            else:
-                entries.append(f"{statistics.mean(accuracies):.1f} ± "
-                               f"{statistics.stdev(accuracies):.1f} ({len(accuracies)} seeds)")
-            steps += [r["step"] for r in runs]
-            speeds += [r.get("images_per_second") or 0 for r in runs]
-            pseudo += [(r["pseudo_label_rate"], r.get("pseudo_label_accuracy"))
-                       for r in runs if r.get("pseudo_label_rate") is not None]
-        rate = ""
-        if pseudo:
-            rates = statistics.median(p[0] for p in pseudo)
-            right = [p[1] for p in pseudo if p[1] is not None]
-            rate = f"{rates:.2f}" + (f" / {statistics.median(right):.2f}" if right else "")
-        lines.append(f"| {row} | " + " | ".join(entries)
-                     + f" | {statistics.median(steps):,.0f} | {statistics.median(speeds):,.0f}"
-                     f" | {rate} |")
+    lines = ["| row | " + " | ".join(f"{b} labels" for b in budgets) + " |",
+             "|---|" + "---|" * len(budgets)]
+    lines += [f"| {row} | " + " | ".join(accuracy_text(cells[row].get(b, [])) for b in budgets)
+              + " |" for row in ROWS if row in cells]
+    for budget in budgets:
+        lines += [""] + budget_table(cells, budget)
     ran_on: dict[str, set[str]] = {}
     for row in cells.values():
         for runs in row.values():
