@@ -150,3 +150,17 @@ def test_load_checkpoint_errors_are_user_errors(tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="cannot read"):
         load_checkpoint(tmp_path)
+
+
+def test_narrow_strided_1x1_convolutions_keep_the_contiguous_layout():
+    """oneDNN's AVX2 kernel for a strided 1×1 convolution's weight gradient hangs channels_last
+    below 8 input channels: such a network trains contiguous, every other one channels_last."""
+    from fewlabels.engine.run_control import runs_channels_last
+    from fewlabels.models.convnet import ConvNet
+    from fewlabels.models.resnet import BasicBlock, ResNet
+
+    assert not runs_channels_last(ResNet(BasicBlock, [1, 1], 1, width=4))  # 4-channel shortcut
+    assert runs_channels_last(ResNet(BasicBlock, [1, 1], 1, width=8))
+    assert runs_channels_last(ResNet(BasicBlock, [1], 1, width=4))  # no strided shortcut
+    assert runs_channels_last(ConvNet(1, width=4, depth=2, feature_dim=8))
+    assert not runs_channels_last(nn.Sequential(nn.Linear(4, 4)))

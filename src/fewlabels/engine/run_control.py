@@ -93,13 +93,32 @@ def prepare_normalization(method: nn.Module, fabric: Fabric) -> tuple[nn.Module,
     """Batch norm across devices as the method asks (``method.sync_batch_norm``): torch's
     SyncBatchNorm on GPUs, :class:`~fewlabels.models.global_batch_norm.GlobalBatchNorm` on
     other devices (torch's works on GPUs only); nothing on one device. Returns the method and
-    whether it has convolutions (which then run channels_last)."""
+    whether it runs channels_last (see :func:`runs_channels_last`)."""
     if fabric.world_size > 1 and getattr(method, "sync_batch_norm", True):
         if fabric.device.type == "cuda":
             method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
         else:
             method = convert_to_global_batch_norm(method)
-    channels_last = any(isinstance(m, nn.Conv2d) for m in method.modules())
+    channels_last = runs_channels_last(method)
     if channels_last:
         method = method.to(memory_format=torch.channels_last)
     return method, channels_last
+
+
+# Fewest input channels of a strided 1×1 convolution that trains safely channels_last. Below it,
+# oneDNN 3.12 (torch 2.13's CPU build) on an AVX2-only CPU (AMD EPYC family 25 model 1) hangs or
+# corrupts the heap ("corrupted double-linked list") computing that convolution's weight
+# gradient: in 2026-11-29 trials 2, 3 and 4 input channels failed every time, 5 and 6 some of
+# the time, 7 and 8 and more never; 3×3, stride-1 and patch convolutions never.
+SAFE_STRIDED_1X1_CHANNELS = 8
+
+
+def runs_channels_last(network: nn.Module) -> bool:
+    """Whether training lays ``network`` out channels_last, the fast layout for convolutions:
+    when it has convolutions, unless one is a strided 1×1 convolution narrower than
+    :data:`SAFE_STRIDED_1X1_CHANNELS` input channels (a test-sized ResNet's shortcut; every
+    default width is far wider), which then keeps the contiguous layout."""
+    convolutions = [m for m in network.modules() if isinstance(m, nn.Conv2d)]
+    narrow = any(conv.kernel_size == (1, 1) and conv.stride != (1, 1)
+                 and conv.in_channels < SAFE_STRIDED_1X1_CHANNELS for conv in convolutions)
+    return bool(convolutions) and not narrow
