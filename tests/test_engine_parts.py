@@ -1,4 +1,5 @@
-"""Schedules, stateless sampling, optimiser groups, LARS and atomic checkpoints."""
+"""Schedules, stateless sampling, optimiser groups, LARS, atomic checkpoints and the memory
+layout training picks."""
 
 import math
 
@@ -9,9 +10,12 @@ from torch import nn
 from fewlabels.atomic import atomic_torch_save
 from fewlabels.engine.checkpoint import load_checkpoint
 from fewlabels.engine.optim import LARS, build_optimizer, parameter_groups
+from fewlabels.engine.run_control import runs_channels_last
 from fewlabels.engine.sampling import StreamSampler
 from fewlabels.engine.schedule import Schedule, TrainingClock
 from fewlabels.errors import UserError
+from fewlabels.models.convnet import ConvNet
+from fewlabels.models.resnet import BasicBlock, ResNet
 
 
 def _values(schedule, clock, steps, seconds_per_step=None):
@@ -155,10 +159,6 @@ def test_load_checkpoint_errors_are_user_errors(tmp_path):
 def test_narrow_strided_1x1_convolutions_keep_the_contiguous_layout():
     """oneDNN's AVX2 kernel for a strided 1×1 convolution's weight gradient hangs channels_last
     below 8 input channels: such a network trains contiguous, every other one channels_last."""
-    from fewlabels.engine.run_control import runs_channels_last
-    from fewlabels.models.convnet import ConvNet
-    from fewlabels.models.resnet import BasicBlock, ResNet
-
     assert not runs_channels_last(ResNet(BasicBlock, [1, 1], 1, width=4))  # 4-channel shortcut
     assert runs_channels_last(ResNet(BasicBlock, [1, 1], 1, width=8))
     assert runs_channels_last(ResNet(BasicBlock, [1], 1, width=4))  # no strided shortcut
