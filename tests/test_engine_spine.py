@@ -287,3 +287,18 @@ def test_list_methods_names_every_method_with_its_paper(capsys):
             paper = registry.get(name).paper
             assert paper and line.endswith(f"({paper})") and line.count(paper) == 1, line
     assert {"simclr", "moco", "mocov3", "npid", "byol", "simsiam", "dino"} <= set(METHODS)
+
+
+def test_budget_steps_set_the_run_length_and_the_schedules_whatever_the_epochs(tmp_path):
+    """5 steps of a recipe with 3 epochs of 3 steps: the run stops at step 5, progress is
+    step / 4 and the learning rate reaches its final value 0 on the last step; minutes given
+    as well do not take the schedules over."""
+    with probe_registered():
+        trainer = _trainer(tmp_path, _images(), budget_steps=5, budget_minutes=60)
+        result = trainer.run()
+    assert result.step == result.total_steps == 5 and result.finished
+    losses = [call for call in trainer.method.calls if call[0] == "loss"]
+    assert [call[2] for call in losses] == pytest.approx([0, 0.25, 0.5, 0.75, 1])
+    rates = [call[3]["learning_rate"] for call in losses]
+    assert rates[-1] == 0 and rates[3] == pytest.approx(0.1 * 8 / 256)  # warm-up: 3 steps
+    assert load_checkpoint(tmp_path)["train"]["budget_steps"] == 5

@@ -157,3 +157,23 @@ def test_python_dash_m_fewlabels_is_the_command():
                               "--out", "/nonexistent/run"], capture_output=True, text=True,
                              timeout=120)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
+
+
+def test_budget_steps_run_that_many_steps_and_resume_to_the_same_weights(tmp_path, capsys):
+    assert pretrain(tmp_path / "whole", "--budget-steps", "4") == 0
+    assert pretrain(tmp_path / "split", "--budget-steps", "4", "--stop-after-steps", "2") == 130
+    resume = ["pretrain", "--out", str(tmp_path / "split"), "--resume", "--no-progress"]
+    assert main([*resume, "--budget-steps", "5"]) == 2
+    assert "was started for 4 steps; resume it without --budget-steps" in capsys.readouterr().err
+    assert main(resume) == 0
+    whole, resumed = load_checkpoint(tmp_path / "whole"), load_checkpoint(tmp_path / "split")
+    assert whole["finished"] and whole["step"] == whole["total_steps"] == 4  # not 1 epoch's 6
+    for name, value in whole["model"].items():
+        assert torch.equal(value, resumed["model"][name]), name
+
+
+def test_epochs_and_budget_steps_together_are_refused_in_one_line(tmp_path, capsys):
+    assert pretrain(tmp_path / "run", "--epochs", "1", "--budget-steps", "4") == 2
+    error = capsys.readouterr().err
+    assert "--epochs or as --budget-steps, not both" in error and error.count("\n") == 1
+    assert not (tmp_path / "run").exists()

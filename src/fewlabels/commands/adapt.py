@@ -36,11 +36,11 @@ from fewlabels.commands.arguments import (
     add_backbone_options,
     add_config_options,
     add_device_options,
+    add_length_options,
     add_on_corrupt_option,
     add_run_options,
     given_config_values,
     number,
-    positive_float,
     positive_int,
 )
 from fewlabels.commands.pretrain import method_on_command_line
@@ -104,10 +104,7 @@ def add_parser(subparsers: Any, argv: list[str]) -> None:
     data.add_argument("--max-unlabeled", type=positive_int, default=None,
                       help="unlabeled stream of this many target training images, a seeded "
                            "random choice (default: all of them)")
-    length = parser.add_argument_group("length (the recipe's epochs when neither is given)")
-    length.add_argument("--budget-minutes", type=positive_float, default=None,
-                        help="wall-clock minutes of training; every schedule follows the "
-                             "fraction of the budget spent")
+    add_length_options(parser)
     add_backbone_options(parser)
     add_run_options(parser)
     add_device_options(parser)
@@ -229,7 +226,7 @@ def run(args: Any) -> dict[str, Any]:
         checkpoint = load_checkpoint(out)
         run_spec = checkpoint["run"]
         _refuse_changes(args, run_spec, out, recipe_changes)
-        settings = resumed_settings(checkpoint, args.budget_minutes)
+        settings = resumed_settings(checkpoint, args.budget_minutes, args.budget_steps)
         domains = load_domains(run_spec["adapt"]["source"], run_spec["adapt"]["target"],
                                run_spec["data"]["image_size"], run_spec["data"]["on_corrupt"])
     else:

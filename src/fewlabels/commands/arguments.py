@@ -137,13 +137,28 @@ def add_backbone_options(parser: argparse.ArgumentParser, note: str = "") -> Non
                             "(default 512; 0 = none, the last stage's channels)")
 
 
+def add_length_options(parser: argparse.ArgumentParser) -> None:
+    """--budget-minutes and --budget-steps, the run's length when not the recipe's epochs."""
+    length = parser.add_argument_group("length (the recipe's epochs when none is given)")
+    length.add_argument("--budget-minutes", type=positive_float, default=None,
+                        help="wall-clock minutes of training; every schedule follows the "
+                             "fraction of the budget spent, and training stops cleanly when "
+                             "it is spent")
+    length.add_argument("--budget-steps", type=positive_int, default=None, metavar="N",
+                        help="N optimiser steps of training instead of --epochs: the same "
+                             "run on any machine, however fast; every schedule follows the "
+                             "fraction of the steps taken (with --budget-minutes as well, "
+                             "the minutes only stop the run early)")
+
+
 def add_run_options(parser: argparse.ArgumentParser) -> Any:
     """--resume, --checkpoint-minutes, --no-progress (and a hidden --stop-after-steps for
     tests); returns the group, for a command's own run options."""
     run = parser.add_argument_group("run")
     run.add_argument("--resume", action="store_true",
                      help="continue the run in --out from its last checkpoint, with its "
-                          "method, data and recipe (devices and --budget-minutes may change)")
+                          "method, data, recipe and length (devices and --budget-minutes may "
+                          "change)")
     run.add_argument("--checkpoint-minutes", type=positive_float, default=2.0,
                      help="minutes between checkpoints (default 2)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress display")

@@ -15,9 +15,9 @@ from fewlabels.commands.arguments import (
     add_config_options,
     add_data_options,
     add_device_options,
+    add_length_options,
     add_run_options,
     given_config_values,
-    positive_float,
     positive_int,
 )
 from fewlabels.commands.run_settings import (
@@ -67,11 +67,7 @@ def add_parser(subparsers: Any, argv: list[str]) -> None:
     add_data_options(parser, DEFAULT_DATA)
     parser.add_argument("--max-images", type=positive_int, default=None,
                         help="pretrain on a seeded random subset of this many images")
-    length = parser.add_argument_group("length (the recipe's epochs when neither is given)")
-    length.add_argument("--budget-minutes", type=positive_float, default=None,
-                        help="wall-clock minutes of training; every schedule follows the "
-                             "fraction of the budget spent, and training stops cleanly when "
-                             "it is spent")
+    add_length_options(parser)
     add_backbone_options(parser)
     run = add_run_options(parser)
     run.add_argument("--no-collapse-monitor", action="store_true",
@@ -109,7 +105,7 @@ def run(args: Any) -> TrainResult:
         checkpoint = load_checkpoint(out)
         run_spec = checkpoint["run"]
         _refuse_changes(args, run_spec, out, recipe_changes)
-        settings = resumed_settings(checkpoint, args.budget_minutes)
+        settings = resumed_settings(checkpoint, args.budget_minutes, args.budget_steps)
         data_spec = run_spec["data"]
     else:
         args.method = args.method or DEFAULT_METHOD

@@ -22,31 +22,42 @@ from fewlabels.errors import UserError
 
 @dataclass(frozen=True)
 class RunSettings:
-    """A run's recipe, seed and length; a resumed run keeps its own but the budget."""
+    """A run's recipe, seed and length; a resumed run keeps its own but the minutes."""
 
     recipe: TrainingRecipe
     seed: int
     epochs_given: bool
     budget_minutes: float | None
+    budget_steps: int | None = None
 
 
 def new_settings(args: Any, recipe: TrainingRecipe, recipe_changes: dict[str, Any]
                  ) -> RunSettings:
     """A new run's settings: ``recipe`` (the method's with ``recipe_changes``), ``--seed``,
-    ``--budget-minutes``; the epochs rule the schedules when ``--epochs`` was given."""
+    ``--budget-minutes``, ``--budget-steps``; the epochs rule the schedules when ``--epochs``
+    was given, the steps when ``--budget-steps`` was."""
+    steps = getattr(args, "budget_steps", None)
+    if steps is not None and "epochs" in recipe_changes:
+        raise UserError("give the run's length as --epochs or as --budget-steps, not both")
     return RunSettings(recipe=recipe, seed=args.seed, epochs_given="epochs" in recipe_changes,
-                       budget_minutes=args.budget_minutes)
+                       budget_minutes=args.budget_minutes, budget_steps=steps)
 
 
-def resumed_settings(checkpoint: dict[str, Any], budget_minutes: float | None
-                     ) -> RunSettings:
-    """The settings a resumed run continues with: its own, except a newly given budget."""
+def resumed_settings(checkpoint: dict[str, Any], budget_minutes: float | None,
+                     budget_steps: int | None = None) -> RunSettings:
+    """The settings a resumed run continues with: its own, except newly given minutes. Its
+    steps are its schedules' length: another ``budget_steps`` is refused."""
     stored = checkpoint["train"]
+    steps = stored.get("budget_steps")
+    if budget_steps is not None and budget_steps != steps:
+        planned = f"{steps} steps" if steps is not None else "another length"
+        raise UserError(f"{stored['run_dir']} was started for {planned}; resume it without "
+                        "--budget-steps")
     return RunSettings(
         recipe=TrainingRecipe.from_dict(stored.get("recipe", {})), seed=stored["seed"],
         epochs_given=stored.get("epochs_given", False),
         budget_minutes=budget_minutes if budget_minutes is not None
-        else stored.get("budget_minutes"))
+        else stored.get("budget_minutes"), budget_steps=steps)
 
 
 def refuse_existing_run(out: Path) -> None:
@@ -61,7 +72,8 @@ def train_config(args: Any, out: Path, settings: RunSettings, **options: Any) ->
     ``options`` are a command's own (``collapse_monitor``)."""
     return TrainConfig(
         run_dir=out, recipe=settings.recipe, budget_minutes=settings.budget_minutes,
-        epochs_given=settings.epochs_given, seed=settings.seed, resume=args.resume,
+        epochs_given=settings.epochs_given, budget_steps=settings.budget_steps,
+        seed=settings.seed, resume=args.resume,
         devices=args.devices, accelerator=args.accelerator, num_nodes=args.num_nodes,
         precision=args.precision, progress=not args.no_progress,
         checkpoint_minutes=args.checkpoint_minutes, stop_after_steps=args.stop_after_steps,

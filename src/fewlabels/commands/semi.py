@@ -16,11 +16,11 @@ from fewlabels.commands.arguments import (
     add_config_options,
     add_data_options,
     add_device_options,
+    add_length_options,
     add_run_options,
     budgets,
     given_config_values,
     non_negative_int,
-    positive_float,
     positive_int,
 )
 from fewlabels.commands.pretrain import method_on_command_line
@@ -114,10 +114,7 @@ def add_classifier_parser(subparsers: Any, argv: list[str], command: str) -> Non
                             help="unlabeled stream of this many training images: the "
                                  "labeled ones and a seeded random choice of the others "
                                  "(default: every training image)")
-    length = parser.add_argument_group("length (the recipe's epochs when neither is given)")
-    length.add_argument("--budget-minutes", type=positive_float, default=None,
-                        help="wall-clock minutes of training; every schedule follows the "
-                             "fraction of the budget spent")
+    add_length_options(parser)
     if not finetune:
         add_backbone_options(parser, " (ignored with --init: the pretrained run's)")
     add_run_options(parser)
@@ -143,7 +140,7 @@ def run(args: Any) -> dict[str, Any]:
         checkpoint = load_checkpoint(out)
         run_spec = checkpoint["run"]
         _refuse_changes(args, run_spec, out, recipe_changes)
-        settings = resumed_settings(checkpoint, args.budget_minutes)
+        settings = resumed_settings(checkpoint, args.budget_minutes, args.budget_steps)
         data = run_spec["data"]
         train_part, test_part, note = train_and_test(
             data["spec"], data["image_size"], run_spec["data"]["info"]["channels"],

@@ -48,15 +48,18 @@ RESUMABLE_SETTINGS = ("run_dir", "resume", "accelerator", "devices", "num_nodes"
 class TrainConfig:
     """How to train: the recipe (what), and where, for how long and how to report (how).
 
-    The run's length: ``recipe.epochs``, unless ``budget_minutes`` is given without
+    The run's length: ``budget_steps`` optimiser steps when given (the same run on any
+    machine); else ``recipe.epochs``, unless ``budget_minutes`` is given without
     ``epochs_given``, in which case the schedules follow the fraction of the budget spent.
-    With both, the schedules follow the epochs and the budget only stops the run early.
+    With steps or epochs and minutes, the schedules follow the steps and the minutes only stop
+    the run early.
     """
 
     run_dir: Path
     recipe: TrainingRecipe = dataclasses.field(default_factory=TrainingRecipe)
     budget_minutes: float | None = None
     epochs_given: bool = False
+    budget_steps: int | None = None
     seed: int = 0
     accelerator: str = "auto"
     devices: int | str = 1
@@ -72,7 +75,14 @@ class TrainConfig:
 
     @property
     def by_budget(self) -> bool:
-        return self.budget_minutes is not None and not self.epochs_given
+        return (self.budget_minutes is not None and not self.epochs_given
+                and self.budget_steps is None)
+
+    def total_steps(self, steps_per_epoch: int) -> int | None:
+        """The run's steps, or None when the schedules follow a time budget."""
+        if self.budget_steps is not None:
+            return self.budget_steps
+        return None if self.by_budget else self.recipe.epochs * steps_per_epoch
 
     def to_dict(self) -> dict[str, Any]:
         values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
@@ -159,7 +169,7 @@ class Trainer:
         self.steps_per_epoch = self.streams.steps_per_epoch
         self.budget_seconds = (None if config.budget_minutes is None
                                else 60 * config.budget_minutes * (1 - BUDGET_RESERVE))
-        self.total_steps = None if config.by_budget else recipe.epochs * self.steps_per_epoch
+        self.total_steps = config.total_steps(self.steps_per_epoch)
         self.clock = TrainingClock(self.steps_per_epoch, self.total_steps,
                                    self.budget_seconds if config.by_budget else None)
         self.schedules = {"learning_rate": recipe.learning_rate_schedule(),
