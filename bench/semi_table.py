@@ -14,6 +14,14 @@ accuracy over the seeds run, and the machines and days the cells ran on.
 
 Rows that start from ``--init`` (the best 10-minute self-supervised checkpoint) say so in
 their name. Run on a quiet machine: the budget is wall-clock minutes.
+
+The host of these sessions changes, and a slower one trains fewer steps in the same minutes.
+``--steps-from-records`` runs each new cell instead for the median steps of its row's timed
+cells at the same label budget (``fewlabels semi --budget-steps``): the same training on any
+machine, which may run beside other work and resumes exactly in a later session. The speed
+column reports timed cells only.
+
+    .venv/bin/python bench/semi_table.py --rows vat --labels 250 --seeds 1 --steps-from-records
 """
 
 from __future__ import annotations
@@ -77,15 +85,28 @@ def machine() -> str:
             f" model {fields.get('model')}, {torch.get_num_threads()} threads")
 
 
+def timed_steps(records: Path, row: str, labels: int) -> int:
+    """The median steps of ``row``'s cells at ``labels`` labels that ran for a time budget."""
+    steps = [entry["step"] for entry in map(json.loads, (path.read_text() for path in
+                                                        records.glob(f"{row}-{labels}-*.json")))
+             if entry.get("budget_steps") is None]
+    if not steps:
+        raise SystemExit(f"no timed cell of {row} at {labels} labels in {records} to take the "
+                         "steps from; run one with --minutes first")
+    return round(statistics.median(steps))
+
+
 def record_cell(folder: Path, record: Path, row: str, labels: int, seed: int) -> dict:
     """Keep a finished cell's numbers in ``record`` (the run folder is not kept)."""
     summary = json.loads((folder / "result.json").read_text())
+    budget_steps = json.loads((folder / "run.json").read_text())["train"].get("budget_steps")
     last = last_metrics(folder)
     finished = datetime.datetime.fromtimestamp((folder / "result.json").stat().st_mtime)
     entry = {"row": row, "labels": labels, "seed": seed,
              "test_accuracy": summary["test_accuracy"], "step": summary["step"],
              "images_per_second": summary.get("images_per_second"),
-             "minutes": summary.get("minutes"), "init": summary.get("init"),
+             "minutes": summary.get("minutes"), "budget_steps": budget_steps,
+             "init": summary.get("init"),
              "pseudo_label_rate": last.get("pseudo_label_rate"),
              "pseudo_label_accuracy": last.get("pseudo_label_accuracy"),
              "machine": machine(), "torch": torch.__version__,
@@ -113,8 +134,10 @@ def run_cell(args: argparse.Namespace, row: str, labels: int, seed: int) -> None
     if (folder / "checkpoint.pt").exists():
         command.append("--resume")
     else:
+        length = (["--budget-steps", str(timed_steps(args.records, row, labels))]
+                  if args.steps_from_records else ["--budget-minutes", str(args.minutes)])
         command += ["--labels-per-class", str(labels // args.classes), "--seed", str(seed),
-                    "--budget-minutes", str(args.minutes), "--data", args.data]
+                    *length, "--data", args.data]
         command += [str(args.init) if part == INIT else part for part in extra]
         command += args.extra
     print("running", " ".join(command), flush=True)
@@ -154,7 +177,8 @@ def accuracy_text(runs: list[dict]) -> str:
 
 
 def budget_table(cells: dict[str, dict[int, list[dict]]], budget: int) -> list[str]:
-    """One label budget: accuracy, then the median steps, speed and pseudo-label columns."""
+    """One label budget: accuracy, then the median steps, speed (of the timed cells) and
+    pseudo-label columns."""
     lines = [f"| row ({budget} labels) | test accuracy | steps | images/s | pseudo-label rate / "
              f"accuracy (mean of the last {LAST_STEPS} logged steps) |", "|---|---|---|---|---|"]
     for row in ROWS:
@@ -168,9 +192,10 @@ def budget_table(cells: dict[str, dict[int, list[dict]]], budget: int) -> list[s
             right = [p[1] for p in pseudo if p[1] is not None]
             rate = f"{statistics.median(p[0] for p in pseudo):.2f}" + (
                 f" / {statistics.median(right):.2f}" if right else "")
-        speed = statistics.median(r.get("images_per_second") or 0 for r in runs)
+        timed = [r.get("images_per_second") or 0 for r in runs if r.get("budget_steps") is None]
+        speed = f"{statistics.median(timed):,.0f}" if timed else ""
         lines.append(f"| {row} | {accuracy_text(runs)} | "
-                     f"{statistics.median(r['step'] for r in runs):,.0f} | {speed:,.0f} | {rate} |")
+                     f"{statistics.median(r['step'] for r in runs):,.0f} | {speed} | {rate} |")
     return lines
 
 
@@ -188,13 +213,17 @@ def report(records: Path) -> str:
               + " |" for row in ROWS if row in cells]
     for budget in budgets:
         lines += [""] + budget_table(cells, budget)
-    ran_on: dict[str, set[str]] = {}
+    ran_on: dict[str, list[dict]] = {}
     for row in cells.values():
         for runs in row.values():
             for r in runs:
-                ran_on.setdefault(r["machine"], set()).add(r["date"])
+                ran_on.setdefault(r["machine"], []).append(r)
     lines.append("")
-    lines += [f"ran on {name}: {', '.join(sorted(days))}" for name, days in sorted(ran_on.items())]
+    for name, runs in sorted(ran_on.items()):
+        by_steps = sum(r.get("budget_steps") is not None for r in runs)
+        kinds = f"{len(runs) - by_steps} timed, {by_steps} for the timed cells' steps"
+        lines.append(f"ran on {name}: {', '.join(sorted({r['date'] for r in runs}))} "
+                     f"({len(runs)} cells: {kinds})")
     return "\n".join(lines)
 
 
@@ -205,6 +234,9 @@ def main() -> int:
     parser.add_argument("--labels", default="40,250", help="label budgets (total labels)")
     parser.add_argument("--seeds", default="0,1,2", help="split seeds")
     parser.add_argument("--minutes", type=float, default=20.0)
+    parser.add_argument("--steps-from-records", action="store_true",
+                        help="run each new cell for the median steps of its row's timed cells "
+                             "at the same label budget, not for --minutes")
     parser.add_argument("--data", default="fashion-mnist")
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--init", type=Path, default=Path("bench/results/simclr/run"),
