@@ -79,6 +79,7 @@ def record_path(records: Path, row: str, labels: int, seed: int) -> Path:
 def machine() -> str:
     """The CPU by name, family and model (this machine's kind changes between sessions)."""
     fields: dict[str, str] = {}
+    threads = torch.get_num_threads()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
@@ -86,7 +87,7 @@ def machine() -> str:
     except OSError:
         return platform.processor() or platform.machine()
     return (f"{fields.get('model name', platform.machine())}, family {fields.get('cpu family')}"
-            f" model {fields.get('model')}, {torch.get_num_threads()} threads")
+            f" model {fields.get('model')}, {threads} thread{'s' * (threads != 1)}")
 
 
 # Rows whose run is split into rounds by progress, with steps of different costs per round:
