@@ -234,9 +234,10 @@ def report(records: Path) -> str:
     lines.append("")
     for name, runs in sorted(ran_on.items()):
         by_steps = sum(r.get("budget_steps") is not None for r in runs)
-        kinds = f"{len(runs) - by_steps} timed, {by_steps} for the timed cells' steps"
+        kinds = [f"{len(runs) - by_steps} timed"] * (by_steps < len(runs)) + [
+            f"{by_steps} for the timed cells' steps"] * (by_steps > 0)
         lines.append(f"ran on {name}: {', '.join(sorted({r['date'] for r in runs}))} "
-                     f"({len(runs)} cells: {kinds})")
+                     f"(cells: {', '.join(kinds)})")
     return "\n".join(lines)
 
 
