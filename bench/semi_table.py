@@ -18,7 +18,7 @@ their name. Run on a quiet machine: the budget is wall-clock minutes.
 The host of these sessions changes, and a slower one trains fewer steps in the same minutes.
 ``--steps-from-records`` runs each new cell instead for the median steps of its row's timed
 cells at the same label budget (``fewlabels semi --budget-steps``): the same training on any
-machine, which may run beside other work and resumes exactly in a later session. The speed
+machine, which may run beside other work and resume in a later session. The speed
 column reports timed cells only. Not for the rows that train in rounds (``ROUNDS``): their
 rounds split the run's progress, and a round-0 step on the labels alone costs a fraction of a
 later one, so a time budget gives round 0 most of the steps and a step budget a third of them
