@@ -36,7 +36,7 @@ def new_settings(args: Any, recipe: TrainingRecipe, recipe_changes: dict[str, An
     """A new run's settings: ``recipe`` (the method's with ``recipe_changes``), ``--seed``,
     ``--budget-minutes``, ``--budget-steps``; the epochs rule the schedules when ``--epochs``
     was given, the steps when ``--budget-steps`` was."""
-    steps = getattr(args, "budget_steps", None)
+    steps = args.budget_steps
     if steps is not None and "epochs" in recipe_changes:
         raise UserError("give the run's length as --epochs or as --budget-steps, not both")
     return RunSettings(recipe=recipe, seed=args.seed, epochs_given="epochs" in recipe_changes,
@@ -44,7 +44,7 @@ def new_settings(args: Any, recipe: TrainingRecipe, recipe_changes: dict[str, An
 
 
 def resumed_settings(checkpoint: dict[str, Any], budget_minutes: float | None,
-                     budget_steps: int | None = None) -> RunSettings:
+                     budget_steps: int | None) -> RunSettings:
     """The settings a resumed run continues with: its own, except newly given minutes. Its
     steps are its schedules' length: another ``budget_steps`` is refused."""
     stored = checkpoint["train"]
