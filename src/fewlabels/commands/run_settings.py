@@ -51,7 +51,7 @@ def resumed_settings(checkpoint: dict[str, Any], budget_minutes: float | None,
     steps = stored.get("budget_steps")
     if budget_steps is not None and budget_steps != steps:
         planned = f"{steps} steps" if steps is not None else "another length"
-        raise UserError(f"{stored['run_dir']} was started for {planned}; resume it without "
+        raise UserError(f"this run was started for {planned}; resume it without "
                         "--budget-steps")
     return RunSettings(
         recipe=TrainingRecipe.from_dict(stored.get("recipe", {})), seed=stored["seed"],
