@@ -24,9 +24,16 @@ column reports timed cells only. Not for the rows that train in rounds (``ROUNDS
 rounds split the run's progress, and a round-0 step on the labels alone costs a fraction of a
 later one, so a time budget gives round 0 most of the steps and a step budget a third of them
 (Noisy Student at 40 labels: round 0 ran 6,384 of 18,775 steps for the step budget; at 4.6
-times the pace of a later round, a timed round 0 runs an estimated 70% of them).
+times the pace of a later round, a timed round 0 runs an estimated 70% of them). On a slower
+host they run for minutes scaled by the machines' reference speeds (``--minutes-scale``: the
+SimCLR reference row's images per second, ``bench/records/reference``, on the timed cells'
+machine over this one's, both quiet), so each round gets the share of the minutes, and about
+the steps, that it gets there. The record keeps the scale; the report takes speeds only from
+unscaled cells.
 
     .venv/bin/python bench/semi_table.py --rows vat --labels 250 --seeds 1 --steps-from-records
+    .venv/bin/python bench/semi_table.py --rows noisy-student --labels 40 --seeds 1 \\
+        --minutes 20 --minutes-scale 2.23
 """
 
 from __future__ import annotations
@@ -100,7 +107,7 @@ def timed_steps(records: Path, row: str, labels: int) -> int:
     """The median steps of ``row``'s cells at ``labels`` labels that ran for a time budget."""
     if row in ROUNDS:
         raise SystemExit(f"{row} trains in rounds of different step costs: its cells run for "
-                         "--minutes, on a machine of the timed cells' speed")
+                         "--minutes, scaled on a slower machine by --minutes-scale")
     steps = [entry["step"] for entry in map(json.loads, (path.read_text() for path in
                                                         records.glob(f"{row}-{labels}-*.json")))
              if entry.get("budget_steps") is None]
@@ -110,8 +117,10 @@ def timed_steps(records: Path, row: str, labels: int) -> int:
     return round(statistics.median(steps))
 
 
-def record_cell(folder: Path, record: Path, row: str, labels: int, seed: int) -> dict:
-    """Keep a finished cell's numbers in ``record`` (the run folder is not kept)."""
+def record_cell(folder: Path, record: Path, row: str, labels: int, seed: int,
+                minutes_scale: float = 1.0) -> dict:
+    """Keep a finished cell's numbers in ``record`` (the run folder is not kept); a timed cell
+    that ran for ``minutes_scale`` times the table's minutes says so."""
     summary = json.loads((folder / "result.json").read_text())
     budget_steps = json.loads((folder / "run.json").read_text())["train"].get("budget_steps")
     last = last_metrics(folder)
@@ -125,6 +134,8 @@ def record_cell(folder: Path, record: Path, row: str, labels: int, seed: int) ->
              "pseudo_label_accuracy": last.get("pseudo_label_accuracy"),
              "machine": machine(), "torch": torch.__version__,
              "date": finished.date().isoformat()}
+    if budget_steps is None and minutes_scale != 1.0:
+        entry["minutes_scale"] = minutes_scale
     record.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(record, json.dumps(entry, indent=2) + "\n")
     return entry
@@ -137,7 +148,7 @@ def run_cell(args: argparse.Namespace, row: str, labels: int, seed: int) -> None
         print(f"{row} {labels} seed {seed}: done ({record})")
         return
     if (folder / "result.json").exists():
-        record_cell(folder, record, row, labels, seed)
+        record_cell(folder, record, row, labels, seed, args.minutes_scale)
         print(f"{row} {labels} seed {seed}: recorded in {record}")
         return
     method, extra = ROWS[row]
@@ -149,7 +160,8 @@ def run_cell(args: argparse.Namespace, row: str, labels: int, seed: int) -> None
         command.append("--resume")
     else:
         length = (["--budget-steps", str(timed_steps(args.records, row, labels))]
-                  if args.steps_from_records else ["--budget-minutes", str(args.minutes)])
+                  if args.steps_from_records
+                  else ["--budget-minutes", f"{args.minutes * args.minutes_scale:g}"])
         command += ["--labels-per-class", str(labels // args.classes), "--seed", str(seed),
                     *length, "--data", args.data]
         command += [str(args.init) if part == INIT else part for part in extra]
@@ -158,7 +170,7 @@ def run_cell(args: argparse.Namespace, row: str, labels: int, seed: int) -> None
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.parent / f"seed_{seed}.log", "a") as log:
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
-    record_cell(folder, record, row, labels, seed)
+    record_cell(folder, record, row, labels, seed, args.minutes_scale)
 
 
 LAST_STEPS = 20  # logged steps averaged for the pseudo-label columns (one batch is noisy)
@@ -206,7 +218,8 @@ def budget_table(cells: dict[str, dict[int, list[dict]]], budget: int) -> list[s
             right = [p[1] for p in pseudo if p[1] is not None]
             rate = f"{statistics.median(p[0] for p in pseudo):.2f}" + (
                 f" / {statistics.median(right):.2f}" if right else "")
-        timed = [r.get("images_per_second") or 0 for r in runs if r.get("budget_steps") is None]
+        timed = [r.get("images_per_second") or 0 for r in runs
+                 if r.get("budget_steps") is None and "minutes_scale" not in r]
         speed = f"{statistics.median(timed):,.0f}" if timed else ""
         lines.append(f"| {row} | {accuracy_text(runs)} | "
                      f"{statistics.median(r['step'] for r in runs):,.0f} | {speed} | {rate} |")
@@ -255,8 +268,12 @@ def report(records: Path) -> str:
     lines.append("")
     for name, runs in sorted(ran_on.items()):
         by_steps = sum(r.get("budget_steps") is not None for r in runs)
-        kinds = [f"{len(runs) - by_steps} timed"] * (by_steps < len(runs)) + [
-            f"{by_steps} for the timed cells' steps"] * (by_steps > 0)
+        scales = sorted({r["minutes_scale"] for r in runs if "minutes_scale" in r})
+        scaled = sum("minutes_scale" in r for r in runs)
+        timed = len(runs) - by_steps - scaled
+        kinds = [f"{timed} timed"] * (timed > 0) + [
+            f"{scaled} timed for the minutes × {' or '.join(f'{s:g}' for s in scales)}"] * (
+            scaled > 0) + [f"{by_steps} for the timed cells' steps"] * (by_steps > 0)
         lines.append(f"ran on {name}: {', '.join(sorted({r['date'] for r in runs}))} "
                      f"(cells: {', '.join(kinds)})")
     return "\n".join(lines)
@@ -269,6 +286,9 @@ def main() -> int:
     parser.add_argument("--labels", default="40,250", help="label budgets (total labels)")
     parser.add_argument("--seeds", default="0,1,2", help="split seeds")
     parser.add_argument("--minutes", type=float, default=20.0)
+    parser.add_argument("--minutes-scale", type=float, default=1.0,
+                        help="run timed cells for --minutes times this: the timed cells' "
+                             "machine's reference speed over this one's, on a slower host")
     parser.add_argument("--steps-from-records", action="store_true",
                         help="run each new cell for the median steps of its row's timed cells "
                              "at the same label budget, not for --minutes")
