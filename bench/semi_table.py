@@ -23,17 +23,19 @@ machine, which may run beside other work and resume in a later session. The spee
 column reports timed cells only. Not for the rows that train in rounds (``ROUNDS``): their
 rounds split the run's progress, and a round-0 step on the labels alone costs a fraction of a
 later one, so a time budget gives round 0 most of the steps and a step budget a third of them
-(Noisy Student at 40 labels: round 0 ran 6,384 of 18,775 steps for the step budget; at 4.6
-times the pace of a later round, a timed round 0 runs an estimated 70% of them). On a slower
-host they run for minutes scaled by the machines' reference speeds (``--minutes-scale``: the
-SimCLR reference row's images per second, ``bench/records/reference``, on the timed cells'
-machine over this one's, both quiet), so each round gets the share of the minutes, and about
-the steps, that it gets there. The record keeps the scale; the report takes speeds only from
-unscaled cells.
+(Noisy Student at 40 labels: round 0 ran 6,384 of 18,775 steps for the step budget, and
+12,768 of 17,146 for a time budget on machine D). On a slower
+host they run alone for minutes scaled by how much slower it is (``--minutes-scale``), so
+each round gets the share of the minutes, and about the steps, that it gets there. The SimCLR
+reference row's images per second (``bench/records/reference``) give a first scale; a
+finished cell's against the timed cells' give the row's own, which may differ (Noisy Student
+at 40 labels on machine D: 2.23 from the reference rows trained 17,146 steps against machine
+C's 18,775, at 2.44 times fewer images per second). The record keeps the scale; the report
+takes speeds only from unscaled cells.
 
     .venv/bin/python bench/semi_table.py --rows vat --labels 250 --seeds 1 --steps-from-records
     .venv/bin/python bench/semi_table.py --rows noisy-student --labels 40 --seeds 1 \\
-        --minutes 20 --minutes-scale 2.23
+        --minutes 20 --minutes-scale 2.44
 """
 
 from __future__ import annotations
@@ -287,8 +289,8 @@ def main() -> int:
     parser.add_argument("--seeds", default="0,1,2", help="split seeds")
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--minutes-scale", type=float, default=1.0,
-                        help="run timed cells for --minutes times this: the timed cells' "
-                             "machine's reference speed over this one's, on a slower host")
+                        help="run timed cells for --minutes times this, alone on a slower "
+                             "host: how much faster the timed cells' machine runs the row")
     parser.add_argument("--steps-from-records", action="store_true",
                         help="run each new cell for the median steps of its row's timed cells "
                              "at the same label budget, not for --minutes")
