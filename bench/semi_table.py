@@ -24,14 +24,14 @@ column reports timed cells only. Not for the rows that train in rounds (``ROUNDS
 rounds split the run's progress, and a round-0 step on the labels alone costs a fraction of a
 later one, so a time budget gives round 0 most of the steps and a step budget a third of them
 (Noisy Student at 40 labels: round 0 ran 6,384 of 18,775 steps for the step budget, and
-12,768 of 17,146 for a time budget on machine D). On a slower
-host they run alone for minutes scaled by how much slower it is (``--minutes-scale``), so
-each round gets the share of the minutes, and about the steps, that it gets there. The SimCLR
-reference row's images per second (``bench/records/reference``) give a first scale; a
-finished cell's against the timed cells' give the row's own, which may differ (Noisy Student
-at 40 labels on machine D: 2.23 from the reference rows trained 17,146 steps against machine
-C's 18,775, at 2.44 times fewer images per second). The record keeps the scale; the report
-takes speeds only from unscaled cells.
+12,768 of 17,146 for a time budget on machine D). On a slower host they run alone for minutes
+scaled by how much slower it is (``--minutes-scale``), so each round gets the share of the
+minutes, and about the steps, that it gets there. The SimCLR reference row's images per
+second (``bench/records/reference``) give a first scale; a finished cell's against the timed
+cells' give the row's own, which may differ (Noisy Student at 40 labels on machine D: 2.23
+from the reference rows trained 17,146 steps against machine C's 18,775, at 2.44 times fewer
+images per second). The record keeps the scale; the report takes speeds only from unscaled
+cells.
 
     .venv/bin/python bench/semi_table.py --rows vat --labels 250 --seeds 1 --steps-from-records
     .venv/bin/python bench/semi_table.py --rows noisy-student --labels 40 --seeds 1 \\
@@ -305,6 +305,8 @@ def main() -> int:
     parser.add_argument("--report", action="store_true", help="only print the table")
     parser.add_argument("extra", nargs="*", help="options after -- go to every run")
     args = parser.parse_args()
+    if args.minutes_scale <= 0:
+        parser.error(f"--minutes-scale must be positive, got {args.minutes_scale:g}")
     if not args.report:
         unknown = [row for row in args.rows.split(",") if row not in ROWS]
         if unknown:
