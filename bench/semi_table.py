@@ -120,11 +120,13 @@ def timed_steps(records: Path, row: str, labels: int) -> int:
 
 
 def record_cell(folder: Path, record: Path, row: str, labels: int, seed: int,
-                minutes_scale: float = 1.0) -> dict:
+                minutes: float) -> dict:
     """Keep a finished cell's numbers in ``record`` (the run folder is not kept); a timed cell
-    that ran for ``minutes_scale`` times the table's minutes says so."""
+    whose run's budget was not the table's ``minutes`` keeps the scale it ran for."""
     summary = json.loads((folder / "result.json").read_text())
-    budget_steps = json.loads((folder / "run.json").read_text())["train"].get("budget_steps")
+    train = json.loads((folder / "run.json").read_text())["train"]
+    budget_steps = train.get("budget_steps")
+    minutes_scale = (train.get("budget_minutes") or minutes) / minutes
     last = last_metrics(folder)
     finished = datetime.datetime.fromtimestamp((folder / "result.json").stat().st_mtime)
     entry = {"row": row, "labels": labels, "seed": seed,
@@ -136,8 +138,8 @@ def record_cell(folder: Path, record: Path, row: str, labels: int, seed: int,
              "pseudo_label_accuracy": last.get("pseudo_label_accuracy"),
              "machine": machine(), "torch": torch.__version__,
              "date": finished.date().isoformat()}
-    if budget_steps is None and minutes_scale != 1.0:
-        entry["minutes_scale"] = minutes_scale
+    if budget_steps is None and abs(minutes_scale - 1.0) > 1e-6:
+        entry["minutes_scale"] = round(minutes_scale, 6)
     record.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(record, json.dumps(entry, indent=2) + "\n")
     return entry
@@ -150,7 +152,7 @@ def run_cell(args: argparse.Namespace, row: str, labels: int, seed: int) -> None
         print(f"{row} {labels} seed {seed}: done ({record})")
         return
     if (folder / "result.json").exists():
-        record_cell(folder, record, row, labels, seed, args.minutes_scale)
+        record_cell(folder, record, row, labels, seed, args.minutes)
         print(f"{row} {labels} seed {seed}: recorded in {record}")
         return
     method, extra = ROWS[row]
@@ -172,7 +174,7 @@ def run_cell(args: argparse.Namespace, row: str, labels: int, seed: int) -> None
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.parent / f"seed_{seed}.log", "a") as log:
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
-    record_cell(folder, record, row, labels, seed, args.minutes_scale)
+    record_cell(folder, record, row, labels, seed, args.minutes)
 
 
 LAST_STEPS = 20  # logged steps averaged for the pseudo-label columns (one batch is noisy)
